@@ -1,0 +1,212 @@
+"""``megatron-power schedule``: preview an LR schedule with the code training uses.
+
+It drives :class:`PowerOptimizerParamScheduler` exactly as Megatron-LM does (one
+``step(global_batch_size)`` per iteration, following ``--rampup-batch-size``), and
+prints a chart and a table, or CSV, and optionally writes a PNG.
+
+With no flags it shows the paper's PowerLM-3B schedule: Power (a=4, b=-0.51,
+lr cap 0.02), batch 1024 x 4096 tokens, 1.25T tokens, an e-based exponential decay over
+the last 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..arguments import (
+    add_megatron_scheduler_args,
+    add_power_args,
+    batch_size_at,
+    settings_from_args,
+)
+from ..megatron.scheduler import PowerOptimizerParamScheduler
+from ..megatron.settings import ScheduleSettings
+
+#: PowerLM-3B (paper Table 1): 1.25T tokens at 1024 x 4096 tokens per step.
+EMBEDDED_DEFAULT = [
+    "--lr", "0.02",
+    "--min-lr", "0.0",
+    "--lr-decay-style", "power",
+    "--lr-power-a", "4.0",
+    "--lr-power-b", "-0.51",
+    "--global-batch-size", "1024",
+    "--seq-length", "4096",
+    "--train-iters", "298023",
+    "--lr-warmup-iters", "250",
+    "--lr-wsd-decay-iters", "29802",
+    "--lr-wsd-decay-style", "exponential_e",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SchedulePoint:
+    iteration: int
+    samples: int
+    tokens: int
+    lr: float
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "schedule",
+        help="Preview LR vs tokens with the scheduler training uses.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_megatron_scheduler_args(parser)
+    add_power_args(parser)
+    out = parser.add_argument_group("output")
+    out.add_argument("--format", choices=["table", "csv"], default="table")
+    out.add_argument("--every", type=int, default=None, help="Keep every Nth iteration.")
+    out.add_argument("--png", type=Path, default=None, help="Write LR vs tokens as a PNG.")
+    out.add_argument("--output", type=Path, default=None, help="Write the CSV/table here.")
+    parser.set_defaults(handler=run, embedded_default=EMBEDDED_DEFAULT)
+
+
+def simulate(
+    settings: ScheduleSettings, global_batch_size: int, rampup: list[int] | None = None
+) -> list[SchedulePoint]:
+    """LR after every iteration, as the scheduler sets it during training."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=settings.max_lr)
+    total = settings.lr_decay_steps
+    if total is None:
+        raise ValueError("--train-iters or --train-samples: needed to know where to stop")
+    scheduler = PowerOptimizerParamScheduler(
+        optimizer,
+        init_lr=settings.init_lr,
+        max_lr=settings.max_lr,
+        min_lr=settings.min_lr,
+        lr_warmup_steps=settings.lr_warmup_steps,
+        lr_decay_steps=settings.lr_decay_steps,
+        lr_decay_style=settings.lr_decay_style,
+        start_wd=0.0,
+        end_wd=0.0,
+        wd_incr_steps=total,
+        wd_incr_style="constant",
+        wsd_decay_steps=settings.wsd_decay_steps,
+        lr_wsd_decay_style=settings.lr_wsd_decay_style,
+        **{
+            name: getattr(settings, name)
+            for name in (
+                "seq_length",
+                "lr_power_a",
+                "lr_power_b",
+                "lr_power_reference_seq_length",
+                "lr_power_batch_exponent",
+                "lr_decay_half_life_steps",
+                "lr_wsd_cycle_steps",
+                "lr_branch_decay_start_steps",
+                "lr_branch_decay_steps",
+                "lr_branch_decay_style",
+            )
+        },
+    )
+    seq_length = settings.seq_length or 0
+    points = [SchedulePoint(0, 0, 0, optimizer.param_groups[0]["lr"])]
+    iteration = 0
+    while scheduler.num_steps < total:
+        increment = batch_size_at(scheduler.num_steps, global_batch_size, rampup)
+        scheduler.step(increment)
+        iteration += 1
+        samples = scheduler.num_steps
+        points.append(
+            SchedulePoint(iteration, samples, samples * seq_length, optimizer.param_groups[0]["lr"])
+        )
+    return points
+
+
+def thin(points: list[SchedulePoint], every: int) -> list[SchedulePoint]:
+    kept = points[::every]
+    if kept[-1] is not points[-1]:
+        kept.append(points[-1])
+    return kept
+
+
+def write_csv(points: list[SchedulePoint], stream) -> None:
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["iteration", "samples", "tokens", "lr"])
+    for point in points:
+        writer.writerow([point.iteration, point.samples, point.tokens, repr(point.lr)])
+
+
+def ascii_chart(points: list[SchedulePoint], width: int = 72, height: int = 16) -> str:
+    """LR (rows) vs tokens (columns) in plain characters, for a terminal."""
+    top = max(point.lr for point in points) or 1.0
+    last = points[-1].tokens or points[-1].samples or 1
+    columns = [0.0] * width
+    for point in points:
+        position = point.tokens or point.samples
+        column = min(width - 1, int(position / last * (width - 1)))
+        columns[column] = max(columns[column], point.lr)
+    rows = []
+    for row in range(height, 0, -1):
+        threshold = top * (row - 0.5) / height
+        label = (
+            f"{top * row / height:9.2e} |" if row in (height, height // 2, 1) else " " * 10 + "|"
+        )
+        rows.append(label + "".join("#" if value >= threshold else " " for value in columns))
+    unit = "tokens" if points[-1].tokens else "samples"
+    rows.append(" " * 10 + "+" + "-" * width)
+    rows.append(" " * 11 + f"0{' ' * (width - 12)}{last:.3g} {unit}")
+    return "\n".join(rows)
+
+
+def table(points: list[SchedulePoint], rows: int = 12) -> str:
+    step = max(1, len(points) // rows)
+    lines = [f"{'iteration':>10} {'samples':>12} {'tokens':>16} {'lr':>12}"]
+    for point in thin(points, step):
+        lines.append(
+            f"{point.iteration:>10} {point.samples:>12} {point.tokens:>16} {point.lr:>12.4e}"
+        )
+    return "\n".join(lines)
+
+
+def write_png(points: list[SchedulePoint], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # pragma: no cover - depends on the extra
+        raise ValueError("--png: needs matplotlib (pip install 'megatron-power[plots]')") from error
+    figure, axis = plt.subplots(figsize=(7, 4))
+    use_tokens = bool(points[-1].tokens)
+    axis.plot([p.tokens if use_tokens else p.samples for p in points], [p.lr for p in points])
+    axis.set_xlabel("tokens" if use_tokens else "samples")
+    axis.set_ylabel("learning rate")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.global_batch_size is None:
+        raise ValueError("--global-batch-size: required to step the scheduler")
+    if args.every is not None and args.every < 1:
+        raise ValueError(f"--every: must be >= 1, got {args.every}")
+    points = simulate(settings, args.global_batch_size, args.rampup_batch_size)
+    if args.png is not None:
+        write_png(points, args.png, f"lr-decay-style {settings.lr_decay_style}")
+    stream = args.output.open("w") if args.output else sys.stdout
+    try:
+        if args.format == "csv":
+            write_csv(thin(points, args.every or 1), stream)
+        else:
+            print(ascii_chart(points), file=stream)
+            print(file=stream)
+            print(table(thin(points, args.every or 1)), file=stream)
+    finally:
+        if args.output:
+            stream.close()
+    return 0
