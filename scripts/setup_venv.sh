@@ -13,12 +13,17 @@ case "${line}" in
 esac
 
 find_python() {
-  for candidate in "python${python_version}" \
-      "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"${python_version}".*/bin/python; do
-    if command -v "${candidate}" >/dev/null 2>&1; then command -v "${candidate}"; return; fi
-    if [ -x "${candidate}" ]; then echo "${candidate}"; return; fi
+  # pyenv shims exist for every installed version but fail unless selected, so each
+  # candidate must actually run and report the wanted version.
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"${python_version}".*/bin/python \
+      "python${python_version}"; do
+    if "${candidate}" -c "import sys; assert sys.version_info[:2] == (${python_version/./, })" \
+        >/dev/null 2>&1; then
+      echo "${candidate}"
+      return
+    fi
   done
-  echo "no Python ${python_version} found for line ${line}" >&2
+  echo "no working Python ${python_version} found for line ${line}" >&2
   exit 1
 }
 
