@@ -29,7 +29,7 @@ from typing import Any
 
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from ..schedules.schedule import Schedule
+from ..schedules.schedule import LRPoint, Schedule
 from .settings import ScheduleSettings
 
 logger = logging.getLogger(__name__)
@@ -144,25 +144,34 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
     def _use_settings(self, settings: ScheduleSettings) -> None:
         self.settings = settings
         self.schedule: Schedule | None = settings.build()
+        self._point: LRPoint | None = None
 
     def get_lr(self, param_group: dict) -> float:
         """Megatron's value for its own styles; the plugin's schedule otherwise."""
-        if self.schedule is None:
-            return super().get_lr(param_group)
+        point = self._point
+        if point is None:
+            if self.schedule is None:
+                return super().get_lr(param_group)
+            point = self._point = self._compute_point()
+        return point.lr(
+            param_group.get("max_lr", self.max_lr),
+            param_group.get("min_lr", self.min_lr),
+            self.init_lr,
+        )
+
+    def _compute_point(self) -> LRPoint:
+        """The schedule at the current position; computed once per step for all groups."""
         if self.batch_samples is None and self.power_law_active and self.tokens_seen > 0:
             raise ValueError(
                 "global_batch_size: the power style needs the batch size in force; "
                 "call step(increment=global_batch_size) or pass global_batch_size"
             )
         position = self.tokens_seen if self.settings.seq_length else self.num_steps
-        batch_tokens = (self.batch_samples or 0) * self.settings.unit_per_sample
-        return self.schedule.lr(
+        return self.schedule.point(
             float(position),
-            max_lr=param_group.get("max_lr", self.max_lr),
-            min_lr=param_group.get("min_lr", self.min_lr),
-            batch_tokens=batch_tokens,
-            init_lr=self.init_lr,
-            base_max_lr=self.max_lr,
+            max_lr=self.max_lr,
+            min_lr=self.min_lr,
+            batch_tokens=(self.batch_samples or 0) * self.settings.unit_per_sample,
         )
 
     def step(self, increment: int) -> None:
@@ -172,6 +181,7 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         if increment > 0:
             self.batch_samples = increment
             self.tokens_seen += increment * (self.settings.seq_length or 0)
+        self._point = None  # the position moved: recompute once, for every group
         super().step(increment)
 
     @property
@@ -235,6 +245,7 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         else:
             self.tokens_seen = plugin_state["tokens_seen"]
             self.batch_samples = plugin_state["batch_samples"]
+        self._point = None
         super().step(0)
 
     def _resolve_settings(self, saved: dict[str, Any], num_steps: int) -> ScheduleSettings:

@@ -22,19 +22,22 @@ WSD works in samples or tokens alike. Builders:
     >>> branched.lr(550, max_lr=1.0, min_lr=0.0), branched.lr(700, max_lr=1.0, min_lr=0.0)
     (0.5, 0.0)
 
-Per-parameter-group LRs compose: the stable curve is expressed as a fraction of the
-scheduler's ``base_max_lr`` and applied to each group's own ``max_lr``, and decays end
-at the group's own ``min_lr``. A group whose ``max_lr``/``min_lr`` are k times the base
-values gets exactly k times the base LR at every position.
+Per-parameter-group LRs compose: the schedule is evaluated once for the base
+``max_lr``/``min_lr`` (:meth:`Schedule.point`), then applied to each group's own
+``max_lr``/``min_lr`` (:meth:`LRPoint.lr`): the stable curve scales with the group's
+``max_lr`` and decays end at the group's ``min_lr``. A group whose ``max_lr``/``min_lr``
+are k times the base values gets k times the base LR at every position.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
-from .decay import DecayShape, decay_lr
+from .decay import DecayShape, decay_coefficient, default_half_life
 from .power import PowerLaw
 
 
@@ -86,16 +89,56 @@ class Schedule:
                 raise ValueError(f"decay window {index} is final but other windows follow it")
             previous_end = window.end
 
-    def stable_lr(
-        self, position: float, batch_tokens: float, max_lr: float, base_max_lr: float | None
-    ) -> float:
-        """The stable curve for a group with ``max_lr`` (the law's cap is ``base_max_lr``)."""
+    def stable_lr(self, position: float, batch_tokens: float, max_lr: float) -> float:
+        """The stable curve for the base group, whose cap is ``max_lr``."""
         if self.power is None:
             return max_lr
-        base = max_lr if base_max_lr is None else base_max_lr
-        if base == 0:
-            return 0.0
-        return self.power.lr(position, batch_tokens, base) * (max_lr / base)
+        return self.power.lr(position, batch_tokens, max_lr)
+
+    def point(
+        self,
+        position: float,
+        *,
+        max_lr: float,
+        min_lr: float,
+        batch_tokens: float = 0.0,
+    ) -> LRPoint:
+        """Where the schedule is at ``position``, for the base ``max_lr``/``min_lr``.
+
+        The expensive part (the law, the window search, the decay shape) happens here
+        once; :meth:`LRPoint.lr` then gives any param group's LR with a few flops.
+        """
+        if position < 0:
+            raise ValueError(f"position: must be >= 0, got {position}")
+        constant = self.power is None
+        if self.warmup > 0 and position <= self.warmup:
+            if position == 0:
+                return LRPoint(Phase.INIT, 0.0, max_lr, constant)
+            target = self.stable_lr(self.warmup, batch_tokens, max_lr)
+            return LRPoint(Phase.WARMUP, target, max_lr, constant, position / self.warmup)
+        for window in self.decays:
+            if position < window.start:
+                break
+            if position <= window.end:
+                start_lr = self.stable_lr(window.start, batch_tokens, max_lr)
+                elapsed = position - window.start
+                if elapsed <= 0:
+                    return LRPoint(Phase.STABLE, start_lr, max_lr, constant)
+                if elapsed >= window.length:
+                    return LRPoint(Phase.MIN, 0.0, max_lr, constant)
+                if window.shape is DecayShape.HALF_LIFE:
+                    half_life = window.half_life
+                    if half_life is None:
+                        half_life = default_half_life(start_lr, min_lr, window.length)
+                    factor = math.pow(0.5, elapsed / half_life)
+                    return LRPoint(Phase.HALF_LIFE, start_lr, max_lr, constant, factor)
+                factor = decay_coefficient(window.shape, elapsed / window.length)
+                return LRPoint(Phase.DECAY, start_lr, max_lr, constant, factor)
+            if window.final:
+                return LRPoint(Phase.MIN, 0.0, max_lr, constant)
+        return LRPoint(
+            Phase.STABLE, self.stable_lr(position, batch_tokens, max_lr), max_lr, constant
+        )
 
     def lr(
         self,
@@ -106,31 +149,65 @@ class Schedule:
         batch_tokens: float = 0.0,
         init_lr: float = 0.0,
         base_max_lr: float | None = None,
+        base_min_lr: float | None = None,
     ) -> float:
-        """Learning rate at ``position``; ``batch_tokens`` is the batch in force (Power only)."""
-        if position < 0:
-            raise ValueError(f"position: must be >= 0, got {position}")
-        if self.warmup > 0 and position <= self.warmup:
-            if position == 0:
-                return init_lr
-            target = self.stable_lr(self.warmup, batch_tokens, max_lr, base_max_lr)
-            return init_lr + (target - init_lr) * (position / self.warmup)
-        for window in self.decays:
-            if position < window.start:
-                break
-            if position <= window.end:
-                start_lr = self.stable_lr(window.start, batch_tokens, max_lr, base_max_lr)
-                return decay_lr(
-                    window.shape,
-                    start_lr=start_lr,
-                    min_lr=min_lr,
-                    elapsed=position - window.start,
-                    length=window.length,
-                    half_life=window.half_life,
-                )
-            if window.final:
-                return min_lr
-        return self.stable_lr(position, batch_tokens, max_lr, base_max_lr)
+        """LR at ``position`` for a group with ``max_lr``/``min_lr``.
+
+        ``base_max_lr``/``base_min_lr`` (default: the group's own) are the values the
+        schedule is defined for: the law's cap and the half-life's default.
+        """
+        base_max = max_lr if base_max_lr is None else base_max_lr
+        base_min = min_lr if base_min_lr is None else base_min_lr
+        point = self.point(position, max_lr=base_max, min_lr=base_min, batch_tokens=batch_tokens)
+        return point.lr(max_lr, min_lr, init_lr)
+
+
+class Phase(Enum):
+    INIT = "init"
+    WARMUP = "warmup"
+    STABLE = "stable"
+    DECAY = "decay"
+    HALF_LIFE = "half_life"
+    MIN = "min"
+
+
+@dataclass(frozen=True)
+class LRPoint:
+    """One position of a schedule, ready to give any param group's LR.
+
+    ``stable_lr`` is the base group's stable curve where the phase needs it (at the end of
+    warmup, at the start of a decay, or now); a group with ``max_lr`` scales it by
+    ``max_lr / base_max_lr`` (exactly 1 for the base group), except that a constant stable
+    phase is the group's own ``max_lr``. ``factor`` is the warmup ratio, the decay
+    coefficient or the half-life multiplier.
+    """
+
+    phase: Phase
+    stable_lr: float
+    base_max_lr: float
+    constant: bool
+    factor: float = 0.0
+
+    def _stable(self, max_lr: float) -> float:
+        if self.constant:
+            return max_lr
+        if self.base_max_lr == 0:
+            return 0.0
+        return self.stable_lr * (max_lr / self.base_max_lr)
+
+    def lr(self, max_lr: float, min_lr: float, init_lr: float = 0.0) -> float:
+        phase = self.phase
+        if phase is Phase.STABLE:
+            return self._stable(max_lr)
+        if phase is Phase.MIN:
+            return min_lr
+        if phase is Phase.DECAY:
+            return min_lr + self.factor * (self._stable(max_lr) - min_lr)
+        if phase is Phase.WARMUP:
+            return init_lr + (self._stable(max_lr) - init_lr) * self.factor
+        if phase is Phase.HALF_LIFE:
+            return max(min_lr, self._stable(max_lr) * self.factor)
+        return init_lr
 
 
 def _check_warmup_and_total(warmup: float, total: float) -> None:

@@ -43,7 +43,9 @@ def test_csv_matches_the_scheduler_step_by_step(capsys):
         # ramp 4 -> 16 in steps of 4 over 1600 samples: +4 every 1600/3 samples
         batch = min(16, 4 + 4 * int(scheduler.num_steps // (1600 / 3)))
         scheduler.step(batch)
-        expected.append((scheduler.num_steps, scheduler.num_steps * 128, optimizer.param_groups[0]["lr"]))
+        expected.append(
+            (scheduler.num_steps, scheduler.num_steps * 128, optimizer.param_groups[0]["lr"])
+        )
     assert [(int(r["samples"]), int(r["tokens"]), float(r["lr"])) for r in rows] == expected
     assert [int(r["iteration"]) for r in rows] == list(range(len(expected)))
     assert float(rows[-1]["lr"]) == 0.0002  # the tail ends at --min-lr
