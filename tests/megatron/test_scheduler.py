@@ -144,12 +144,37 @@ def test_power_tail_ends_at_min_lr():
     assert lrs(scheduler)[0] == 1e-5
 
 
-def test_param_groups_keep_their_ratio_at_every_step():
-    scheduler = power_scheduler(optimizer=make_optimizer((0.02, 0.005), 0.0), lr_power_a=4.0)
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        dict(lr_wsd_decay_style="half_life"),
+        dict(lr_wsd_decay_style="half_life", lr_decay_half_life_steps=64),
+        dict(lr_wsd_cycle_steps=[1024, 2048], lr_wsd_decay_style="cosine"),
+        dict(lr_decay_style="WSD", lr_wsd_decay_style="exponential_e"),
+    ],
+)
+def test_param_groups_keep_their_ratio_at_every_step(overrides):
+    optimizer = make_optimizer((0.02, 0.005), min_ratio=0.01)
+    scheduler = power_scheduler(optimizer=optimizer, min_lr=0.0002, **overrides)
+    assert scheduler.schedule is not None
+    seen = set()
     for increment in INCREMENTS * 3:
         scheduler.step(increment)
         first, second = lrs(scheduler)
         assert second == pytest.approx(first / 4, rel=1e-12)
+        seen.add(first)
+    assert len(seen) > 50  # the LR really moved through warmup and decay
+
+
+def test_changed_megatron_style_parameter_is_refused():
+    first = PowerOptimizerParamScheduler(make_optimizer(), **megatron_args("cosine"))
+    run(first, INCREMENTS[:10])
+    changed = PowerOptimizerParamScheduler(
+        make_optimizer(), **megatron_args("cosine", lr_decay_steps=4096)
+    )
+    with pytest.raises(ScheduleMismatchError, match=r"^lr_decay_steps"):
+        changed.load_state_dict(first.state_dict())
 
 
 def test_megatron_param_groups_follow_their_own_max_lr(single_process_group):
