@@ -177,19 +177,44 @@ def test_changed_megatron_style_parameter_is_refused():
         changed.load_state_dict(first.state_dict())
 
 
-def test_megatron_param_groups_follow_their_own_max_lr(single_process_group):
-    from megatron.core.optimizer import OptimizerConfig, _get_param_groups
-    from megatron.core.optimizer.optimizer_config import ParamKey
-    from megatron.core.optimizer_param_scheduler import ParamGroupOverride
+def megatron_param_groups(model, lr, min_lr, second_layer_scale):
+    """Param groups from megatron-core's own code, giving layer "1." a scaled LR.
 
+    0.16+ expresses per-group LRs as ParamKey -> ParamGroupOverride(max_lr, min_lr);
+    up to 0.15 as scale_lr_cond + lr_mult, which Megatron's ``step`` applies. Each line
+    of CI runs the path its megatron-core has.
+    """
+    from megatron.core.optimizer import OptimizerConfig, _get_param_groups, optimizer_config
+
+    if hasattr(optimizer_config, "ParamKey"):
+        from megatron.core.optimizer_param_scheduler import ParamGroupOverride
+
+        config = OptimizerConfig(optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=0.1)
+        override = ParamGroupOverride(
+            max_lr=lr * second_layer_scale, min_lr=min_lr * second_layer_scale
+        )
+        return _get_param_groups([model], config, {optimizer_config.ParamKey(name="1.*"): override})
+    return _get_param_groups(
+        [model],
+        no_weight_decay_cond=None,
+        scale_lr_cond=lambda name, param: name.startswith("1."),
+        lr_mult=second_layer_scale,
+        lr=lr,
+        min_lr=min_lr,
+        decoupled_lr=None,
+        decoupled_min_lr=None,
+    )
+
+
+def test_megatron_param_groups_follow_their_own_lr(single_process_group):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-    config = OptimizerConfig(optimizer="adam", lr=0.02, min_lr=0.002, weight_decay=0.1)
-    overrides = {ParamKey(name="1.*"): ParamGroupOverride(max_lr=0.005, min_lr=0.0005)}
-    groups = _get_param_groups([model], config, overrides)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr)
-    scheduler = power_scheduler(optimizer=optimizer, min_lr=0.002, lr_power_a=4.0)
-    by_max = {group["max_lr"]: group for group in optimizer.param_groups}
-    assert set(by_max) == {0.02, 0.005}
+    groups = megatron_param_groups(model, lr=0.02, min_lr=0.002, second_layer_scale=0.25)
+    optimizer = torch.optim.AdamW(groups, lr=0.02)
+    scheduler = power_scheduler(optimizer=optimizer, min_lr=0.002)
+    second_layer = {id(p) for p in model[1].parameters()}
+    scaled = [g for g in optimizer.param_groups if id(g["params"][0]) in second_layer]
+    base = [g for g in optimizer.param_groups if id(g["params"][0]) not in second_layer]
+    assert scaled and base
 
     batch = torch.randn(16, 4)
     for increment in INCREMENTS:
@@ -197,10 +222,11 @@ def test_megatron_param_groups_follow_their_own_max_lr(single_process_group):
         model(batch).square().mean().backward()
         optimizer.step()
         scheduler.step(increment)
-        assert by_max[0.005]["lr"] == pytest.approx(by_max[0.02]["lr"] / 4, rel=1e-12)
+        for group in scaled:
+            assert group["lr"] == pytest.approx(base[0]["lr"] / 4, rel=1e-12)
     assert scheduler.num_steps == sum(INCREMENTS)
-    assert by_max[0.02]["lr"] == scheduler.schedule.lr(
-        scheduler.tokens_seen, max_lr=0.02, min_lr=0.002, batch_tokens=32 * SEQ, base_max_lr=0.02
+    assert base[0]["lr"] == scheduler.schedule.lr(
+        scheduler.tokens_seen, max_lr=0.02, min_lr=0.002, batch_tokens=32 * SEQ
     )
 
 
