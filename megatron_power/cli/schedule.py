@@ -78,36 +78,7 @@ def simulate(
     total = settings.lr_decay_steps
     if total is None:
         raise ValueError("--train-iters or --train-samples: needed to know where to stop")
-    scheduler = PowerOptimizerParamScheduler(
-        optimizer,
-        init_lr=settings.init_lr,
-        max_lr=settings.max_lr,
-        min_lr=settings.min_lr,
-        lr_warmup_steps=settings.lr_warmup_steps,
-        lr_decay_steps=settings.lr_decay_steps,
-        lr_decay_style=settings.lr_decay_style,
-        start_wd=0.0,
-        end_wd=0.0,
-        wd_incr_steps=total,
-        wd_incr_style="constant",
-        wsd_decay_steps=settings.wsd_decay_steps,
-        lr_wsd_decay_style=settings.lr_wsd_decay_style,
-        **{
-            name: getattr(settings, name)
-            for name in (
-                "seq_length",
-                "lr_power_a",
-                "lr_power_b",
-                "lr_power_reference_seq_length",
-                "lr_power_batch_exponent",
-                "lr_decay_half_life_steps",
-                "lr_wsd_cycle_steps",
-                "lr_branch_decay_start_steps",
-                "lr_branch_decay_steps",
-                "lr_branch_decay_style",
-            )
-        },
-    )
+    scheduler = PowerOptimizerParamScheduler.from_settings(optimizer, settings)
     seq_length = settings.seq_length or 0
     points = [SchedulePoint(0, 0, 0, optimizer.param_groups[0]["lr"])]
     iteration = 0

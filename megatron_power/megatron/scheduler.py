@@ -140,6 +140,31 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
             lr_wsd_decay_style,
         )
 
+    @classmethod
+    def from_settings(
+        cls,
+        optimizer: Any,
+        settings: ScheduleSettings,
+        *,
+        start_wd: float = 0.0,
+        end_wd: float = 0.0,
+        wd_incr_steps: int | None = None,
+        wd_incr_style: str = "constant",
+        **options: Any,
+    ) -> PowerOptimizerParamScheduler:
+        """Build from :class:`ScheduleSettings` (its fields are this constructor's names)."""
+        if wd_incr_steps is None:
+            wd_incr_steps = settings.lr_decay_steps or settings.lr_warmup_steps + 1
+        return cls(
+            optimizer,
+            **settings.to_dict(),
+            start_wd=start_wd,
+            end_wd=end_wd,
+            wd_incr_steps=wd_incr_steps,
+            wd_incr_style=wd_incr_style,
+            **options,
+        )
+
     # ----------------------------------------------------------------- schedule
     def _use_settings(self, settings: ScheduleSettings) -> None:
         self.settings = settings
