@@ -6,12 +6,16 @@ Every usage error is one line on stderr and exit status 2, before any work start
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
 
-# Megatron-Core announces at import that TE/apex are absent; that is expected on CPU.
+# Import-time notices from Megatron-Core and torch that are expected on a CPU machine
+# without TE/apex/absl; a one-line error must stay one line.
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+warnings.filterwarnings("ignore", message=".*absl.logging is not installed.*")
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 from . import schedule  # noqa: E402
 
