@@ -65,8 +65,10 @@ class PowerLaw:
             return max_lr
         if batch_tokens <= 0:
             raise ValueError(f"batch_tokens: must be > 0 once tokens are seen, got {batch_tokens}")
-        law = math.pow(self.beta(batch_tokens), self.batch_exponent) * self.a
-        law *= math.pow(tokens, self.b)
+        beta = batch_tokens / self.reference_seq_length
+        if self.batch_exponent != 1.0:
+            beta = math.pow(beta, self.batch_exponent)
+        law = beta * self.a * math.pow(tokens, self.b)
         return min(max_lr, law)
 
     def tokens_at_cap(self, batch_tokens: float, max_lr: float) -> float:
