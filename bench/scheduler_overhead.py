@@ -3,7 +3,7 @@
 One torch optimizer with 10 param groups (each with its own max_lr/min_lr, as muP makes
 them), one scheduler per style, all timed side by side in this one run, interleaved
 round by round so machine noise hits every style alike. Prints a table and writes
-bench/results/scheduler_overhead.{md,json}.
+bench/results/scheduler_overhead_mcore<version>.{md,json}.
 
     python bench/scheduler_overhead.py [--steps 20000] [--rounds 7]
 """
@@ -159,11 +159,12 @@ def main() -> None:
     print()
     print(environment)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scheduler_overhead.md").write_text(
+    stem = f"scheduler_overhead_mcore{megatron.core.__version__}"
+    (RESULTS / f"{stem}.md").write_text(
         f"# Scheduler step() overhead\n\n{table}\n\n{environment}\n\n"
         "Target: the plugin's styles at most 1.5x Megatron's own.\n"
     )
-    (RESULTS / "scheduler_overhead.json").write_text(
+    (RESULTS / f"{stem}.json").write_text(
         json.dumps({"environment": environment, "rows": rows}, indent=2) + "\n"
     )
 

@@ -176,7 +176,7 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         point = self._point
         if point is None:
             if self.schedule is None:
-                return super().get_lr(param_group)
+                return OptimizerParamScheduler.get_lr(self, param_group)
             point = self._point = self._compute_point()
         return point.lr(
             param_group.get("max_lr", self.max_lr),

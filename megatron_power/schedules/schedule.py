@@ -35,7 +35,6 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from enum import Enum
 
 from .decay import DecayShape, decay_coefficient, default_half_life
 from .power import PowerLaw
@@ -113,9 +112,9 @@ class Schedule:
         constant = self.power is None
         if self.warmup > 0 and position <= self.warmup:
             if position == 0:
-                return LRPoint(Phase.INIT, 0.0, max_lr, constant)
+                return InitPoint(0.0, max_lr, constant)
             target = self.stable_lr(self.warmup, batch_tokens, max_lr)
-            return LRPoint(Phase.WARMUP, target, max_lr, constant, position / self.warmup)
+            return WarmupPoint(target, max_lr, constant, position / self.warmup)
         for window in self.decays:
             if position < window.start:
                 break
@@ -123,22 +122,20 @@ class Schedule:
                 start_lr = self.stable_lr(window.start, batch_tokens, max_lr)
                 elapsed = position - window.start
                 if elapsed <= 0:
-                    return LRPoint(Phase.STABLE, start_lr, max_lr, constant)
+                    return LRPoint(start_lr, max_lr, constant)
                 if elapsed >= window.length:
-                    return LRPoint(Phase.MIN, 0.0, max_lr, constant)
+                    return MinPoint(0.0, max_lr, constant)
                 if window.shape is DecayShape.HALF_LIFE:
                     half_life = window.half_life
                     if half_life is None:
                         half_life = default_half_life(start_lr, min_lr, window.length)
                     factor = math.pow(0.5, elapsed / half_life)
-                    return LRPoint(Phase.HALF_LIFE, start_lr, max_lr, constant, factor)
+                    return HalfLifePoint(start_lr, max_lr, constant, factor)
                 factor = decay_coefficient(window.shape, elapsed / window.length)
-                return LRPoint(Phase.DECAY, start_lr, max_lr, constant, factor)
+                return DecayPoint(start_lr, max_lr, constant, factor)
             if window.final:
-                return LRPoint(Phase.MIN, 0.0, max_lr, constant)
-        return LRPoint(
-            Phase.STABLE, self.stable_lr(position, batch_tokens, max_lr), max_lr, constant
-        )
+                return MinPoint(0.0, max_lr, constant)
+        return LRPoint(self.stable_lr(position, batch_tokens, max_lr), max_lr, constant)
 
     def lr(
         self,
@@ -162,16 +159,6 @@ class Schedule:
         return point.lr(max_lr, min_lr, init_lr)
 
 
-class Phase(Enum):
-    INIT = "init"
-    WARMUP = "warmup"
-    STABLE = "stable"
-    DECAY = "decay"
-    HALF_LIFE = "half_life"
-    MIN = "min"
-
-
-@dataclass(slots=True)
 class LRPoint:
     """One position of a schedule, ready to give any param group's LR.
 
@@ -179,37 +166,75 @@ class LRPoint:
     warmup, at the start of a decay, or now); a group with ``max_lr`` scales it by
     ``max_lr / base_max_lr`` (exactly 1 for the base group), except that a constant stable
     phase is the group's own ``max_lr``. ``factor`` is the warmup ratio, the decay
-    coefficient or the half-life multiplier. (Slotted, not frozen: it is built every
-    step, and a frozen dataclass is several times slower to build.)
+    coefficient or the half-life multiplier. One subclass per phase, so the per-group
+    call (made for every param group at every step) has no branching on the phase.
     """
 
-    phase: Phase
-    stable_lr: float
-    base_max_lr: float
-    constant: bool
-    factor: float = 0.0
+    __slots__ = ("base_max_lr", "constant", "factor", "stable_lr")
+    phase = "stable"
+
+    def __init__(
+        self, stable_lr: float, base_max_lr: float, constant: bool, factor: float = 0.0
+    ) -> None:
+        self.stable_lr = stable_lr
+        self.base_max_lr = base_max_lr
+        self.constant = constant
+        self.factor = factor
+
+    def stable_for(self, max_lr: float) -> float:
+        if self.constant:
+            return max_lr
+        if max_lr == self.base_max_lr:
+            return self.stable_lr
+        if self.base_max_lr == 0:
+            return 0.0
+        return self.stable_lr * (max_lr / self.base_max_lr)
 
     def lr(self, max_lr: float, min_lr: float, init_lr: float = 0.0) -> float:
-        phase = self.phase
-        if phase is Phase.MIN:
-            return min_lr
-        if phase is Phase.INIT:
-            return init_lr
-        if self.constant:
-            stable = max_lr
-        elif max_lr == self.base_max_lr:
-            stable = self.stable_lr
-        elif self.base_max_lr == 0:
-            stable = 0.0
-        else:
-            stable = self.stable_lr * (max_lr / self.base_max_lr)
-        if phase is Phase.STABLE:
-            return stable
-        if phase is Phase.DECAY:
-            return min_lr + self.factor * (stable - min_lr)
-        if phase is Phase.WARMUP:
-            return init_lr + (stable - init_lr) * self.factor
-        return max(min_lr, stable * self.factor)  # Phase.HALF_LIFE
+        return self.stable_for(max_lr)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(stable_lr={self.stable_lr}, factor={self.factor})"
+
+
+class InitPoint(LRPoint):
+    __slots__ = ()
+    phase = "init"
+
+    def lr(self, max_lr: float, min_lr: float, init_lr: float = 0.0) -> float:
+        return init_lr
+
+
+class WarmupPoint(LRPoint):
+    __slots__ = ()
+    phase = "warmup"
+
+    def lr(self, max_lr: float, min_lr: float, init_lr: float = 0.0) -> float:
+        return init_lr + (self.stable_for(max_lr) - init_lr) * self.factor
+
+
+class DecayPoint(LRPoint):
+    __slots__ = ()
+    phase = "decay"
+
+    def lr(self, max_lr: float, min_lr: float, init_lr: float = 0.0) -> float:
+        return min_lr + self.factor * (self.stable_for(max_lr) - min_lr)
+
+
+class HalfLifePoint(LRPoint):
+    __slots__ = ()
+    phase = "half_life"
+
+    def lr(self, max_lr: float, min_lr: float, init_lr: float = 0.0) -> float:
+        return max(min_lr, self.stable_for(max_lr) * self.factor)
+
+
+class MinPoint(LRPoint):
+    __slots__ = ()
+    phase = "min"
+
+    def lr(self, max_lr: float, min_lr: float, init_lr: float = 0.0) -> float:
+        return min_lr
 
 
 def _check_warmup_and_total(warmup: float, total: float) -> None:
