@@ -7,7 +7,9 @@ spots are patched (see ../shared/REFERENCE.md section 4):
 * the model-parallel RNG tracker wants CUDA RNG state: re-initialise it in its
   inference mode, which keeps CPU generators;
 * megatron-core 0.16's MoE calls TE's ``te_general_gemm`` when it is importable: null it
-  (with ``add_bias_linear=False``).
+  (with ``add_bias_linear=False``);
+* tied embeddings under pipeline parallelism move the weight ``.cuda()`` before the
+  first/last-stage all-reduce: :func:`keep_tensors_on_cpu` makes that a no-op.
 """
 
 from __future__ import annotations
@@ -27,3 +29,8 @@ def install_cpu_shims() -> None:
         return
     # 0.16.1 names it only when TE imports; the router's gating looks it up either way.
     moe_utils.te_general_gemm = None
+
+
+def keep_tensors_on_cpu() -> None:
+    """``Tensor.cuda()`` returns the tensor itself (Megatron's tied-embedding sync calls it)."""
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self

@@ -54,6 +54,7 @@ def tiny_config(
         params_dtype=torch.float32,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        pipeline_dtype=torch.float32,
         expert_model_parallel_size=ep,
         sequence_parallel=sequence_parallel,
         init_method_std=0.02,
@@ -71,7 +72,13 @@ def tiny_config(
     return TransformerConfig(**options)
 
 
-def build_gpt(config, mup=None, pre_process: bool = True, post_process: bool = True):
+def build_gpt(
+    config,
+    mup=None,
+    pre_process: bool = True,
+    post_process: bool = True,
+    share_embeddings_and_output_weights: bool = False,
+):
     """A GPTModel from the local spec; with ``mup`` the plugin's muP is applied."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -89,7 +96,7 @@ def build_gpt(config, mup=None, pre_process: bool = True, post_process: bool = T
         vocab_size=VOCAB,
         max_sequence_length=SEQ,
         position_embedding_type="rope",
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=share_embeddings_and_output_weights,
         pre_process=pre_process,
         post_process=post_process,
     )
