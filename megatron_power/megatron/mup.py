@@ -39,6 +39,7 @@ __all__ = [
     "classify_parameter",
     "mup_config_overrides",
     "mup_rules",
+    "mup_scale_lr_cond",
     "mup_transformer_config",
 ]
 
@@ -228,3 +229,32 @@ def mup_config_overrides(
         )
         overrides[ParamKey(with_name_predicate=predicate)] = ParamGroupOverride(**override)
     return overrides
+
+
+def mup_scale_lr_cond(
+    config: TransformerConfig, mup: MupConfig
+) -> tuple[Callable[[str, torch.nn.Parameter], bool], float]:
+    """``(scale_lr_cond, lr_mult)`` for megatron-core up to 0.15, whose optimizer takes one
+    LR multiplier for the parameters a condition selects (Megatron's ``step`` applies it).
+
+    That API cannot express two different multipliers, a per-group eps or wd_mult; such a
+    config is refused with the field to change.
+    """
+    _refuse_upstream_mup(config)
+    rules = mup_rules(config, mup)
+    if mup.scale_adam_eps:
+        raise ValueError("scale_adam_eps: megatron-core <= 0.15 has no per-group eps")
+    if mup.weight_decay != "coupled":
+        raise ValueError("weight_decay: megatron-core <= 0.15 has no per-group wd_mult")
+    multipliers = {rules.lr_mult(role) for role in ParamRole} - {1.0}
+    if len(multipliers) > 1:
+        raise ValueError(
+            "base_moe_ffn_hidden_size: experts and hidden matrices need different LR "
+            f"multipliers {sorted(multipliers)}; megatron-core <= 0.15 takes one lr_mult"
+        )
+    lr_mult = multipliers.pop() if multipliers else 1.0
+
+    def scale_lr_cond(name: str, param: torch.nn.Parameter) -> bool:
+        return rules.lr_mult(classify_parameter(name, param)) != 1.0
+
+    return scale_lr_cond, lr_mult

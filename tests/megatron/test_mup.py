@@ -256,3 +256,22 @@ def test_minicpm_preset_equals_the_minicpm_formulas():
         logits_div=1.0, logits_premul=1 / (128 / 32),
     )  # fmt: skip
     torch.testing.assert_close(megatron_logits(model, tokens), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_single_lr_mult_form_for_megatron_core_up_to_0_15():
+    from megatron_power.megatron.mup import mup_scale_lr_cond
+
+    mup = MupConfig(base_hidden_size=64)
+    model = build_gpt(tiny_config(hidden=256, moe=True, moe_ffn=128), mup)
+    condition, lr_mult = mup_scale_lr_cond(model.config, mup)
+    assert lr_mult == 0.25
+    for name, param in model.named_parameters():
+        scaled = classify_parameter(name, param) in {
+            ParamRole.HIDDEN, ParamRole.OUTPUT_PROJECTION, ParamRole.EXPERT_FC1,
+            ParamRole.EXPERT_FC2, ParamRole.ROUTER,
+        }  # fmt: skip
+        assert condition(name, param) is scaled, name
+    with pytest.raises(ValueError, match=r"^base_moe_ffn_hidden_size"):
+        mup_scale_lr_cond(model.config, MupConfig(base_hidden_size=64, base_moe_ffn_hidden_size=64))
+    with pytest.raises(ValueError, match=r"^scale_adam_eps"):
+        mup_scale_lr_cond(model.config, MupConfig(base_hidden_size=64, scale_adam_eps=True))
