@@ -275,3 +275,45 @@ def test_single_lr_mult_form_for_megatron_core_up_to_0_15():
         mup_scale_lr_cond(model.config, MupConfig(base_hidden_size=64, base_moe_ffn_hidden_size=64))
     with pytest.raises(ValueError, match=r"^scale_adam_eps"):
         mup_scale_lr_cond(model.config, MupConfig(base_hidden_size=64, scale_adam_eps=True))
+
+
+def test_merges_with_decoupled_lr_without_clashing():
+    mup = MupConfig(base_hidden_size=64)
+    model = build_gpt(tiny_config(hidden=256), mup)
+    groups = param_groups(
+        model, mup, lr=1e-2, min_lr=1e-4, decoupled_lr=3e-3, decoupled_min_lr=3e-5
+    )
+    lr_of = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        for param in group["params"]:
+            lr_of[names[id(param)]] = (group["max_lr"], group["min_lr"])
+    assert lr_of["embedding.word_embeddings.weight"] == (3e-3, 3e-5)
+    assert lr_of["output_layer.weight"] == (3e-3, 3e-5)
+    assert lr_of["decoder.layers.0.self_attention.linear_qkv.weight"] == pytest.approx(
+        (2.5e-3, 2.5e-5)
+    )
+    assert lr_of["decoder.final_layernorm.weight"] == (1e-2, 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "dims", "role"),
+    [
+        # Transformer Engine spec: norms fused into the linear layers.
+        ("decoder.layers.0.self_attention.linear_qkv.layer_norm_weight", 1, ParamRole.VECTOR),
+        ("decoder.layers.0.mlp.linear_fc1.layer_norm_weight", 1, ParamRole.VECTOR),
+        ("decoder.layers.0.mlp.linear_fc1.weight", 2, ParamRole.HIDDEN),
+        # TEGroupedMLP and GroupedMLP experts.
+        ("decoder.layers.0.mlp.experts.linear_fc1.weight3", 2, ParamRole.EXPERT_FC1),
+        ("decoder.layers.0.mlp.experts.linear_fc2.weight3", 2, ParamRole.EXPERT_FC2),
+        ("decoder.layers.0.mlp.experts.weight1", 2, ParamRole.EXPERT_FC1),
+        ("decoder.layers.0.mlp.experts.weight2", 2, ParamRole.EXPERT_FC2),
+        # Shared experts are dense MLPs of the layer.
+        ("decoder.layers.0.mlp.shared_experts.linear_fc1.weight", 2, ParamRole.HIDDEN),
+        ("decoder.layers.0.mlp.shared_experts.linear_fc2.weight", 2, ParamRole.OUTPUT_PROJECTION),
+        ("decoder.layers.0.self_attention.q_layernorm.weight", 1, ParamRole.VECTOR),
+    ],
+)
+def test_classification_of_other_specs_parameter_names(name, dims, role):
+    param = torch.nn.Parameter(torch.zeros((4,) * dims))
+    assert classify_parameter(name, param) is role
