@@ -157,7 +157,7 @@ def settings_from_args(args: argparse.Namespace) -> ScheduleSettings:
     else:
         raise ValueError("--train-iters or --train-samples: one is required")
     if args.lr_warmup_fraction is not None:
-        warmup_steps = int(args.lr_warmup_fraction * lr_decay_steps)
+        warmup_steps = args.lr_warmup_fraction * lr_decay_steps  # a float, as in Megatron-LM
     cycles = _pick(args, "lr_wsd_cycle", batch)
     try:
         return _settings(args, lr_decay_steps, wsd_decay_steps, warmup_steps, cycles, batch)

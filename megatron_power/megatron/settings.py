@@ -42,7 +42,7 @@ class ScheduleSettings:
     max_lr: float
     min_lr: float = 0.0
     init_lr: float = 0.0
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int | float = 0  # Megatron-LM passes a float with --lr-warmup-fraction
     lr_decay_steps: int | None = None
     wsd_decay_steps: int | None = None
     lr_wsd_decay_style: str | None = None
