@@ -1,0 +1,1 @@
+"""Megatron-LM integration: argument hooks and the scheduler, without editing the tree."""

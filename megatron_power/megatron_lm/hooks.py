@@ -1,0 +1,146 @@
+"""Hooks that teach an unmodified Megatron-LM tree the plugin's flags and scheduler.
+
+:func:`install` (what ``python -m megatron_power.launch`` calls before running the
+script) does three things, each at a seam every release from core_r0.14 to core_r0.19
+has:
+
+* ``megatron.training.arguments.parse_args`` gains the plugin's flags through its own
+  ``extra_args_provider`` hook (chained after the script's), and ``--lr-decay-style`` /
+  ``--lr-wsd-decay-style`` accept the plugin's values. That covers the add_argument era
+  (<=0.15), the SchedulerConfig era (0.16+; its Literal becomes argparse choices) and the
+  0.18+ ``parse_and_validate_args`` path, which calls ``parse_args``.
+* ``validate_args`` additionally checks the plugin's settings, once Megatron has filled
+  in its defaults (the global batch size), so bad input stops before training with one
+  line naming the flag.
+* ``megatron.training.training.OptimizerParamScheduler``, which
+  ``get_optimizer_param_scheduler`` looks up by module-global name, becomes
+  :class:`MegatronLMScheduler`, which takes Megatron's arguments unchanged and the
+  plugin's options from ``get_args()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..arguments import add_power_args, settings_from_args
+from ..megatron.scheduler import PowerOptimizerParamScheduler
+from ..megatron.settings import PLUGIN_STYLES
+from ..schedules.decay import MEGATRON_WSD_SHAPES, DecayShape
+
+_MARK = "_megatron_power_hook"
+
+#: ScheduleSettings fields the plugin adds to Megatron's constructor arguments.
+PLUGIN_SCHEDULER_FIELDS = (
+    "seq_length",
+    "lr_power_a",
+    "lr_power_b",
+    "lr_power_reference_seq_length",
+    "lr_power_batch_exponent",
+    "lr_decay_half_life_steps",
+    "lr_wsd_cycle_steps",
+    "lr_branch_decay_start_steps",
+    "lr_branch_decay_steps",
+    "lr_branch_decay_style",
+)
+
+
+def _extend_choices(parser: argparse.ArgumentParser, dest: str, extra: list[str]) -> None:
+    for action in parser._actions:
+        if action.dest == dest and action.choices is not None:
+            action.choices = list(action.choices) + [c for c in extra if c not in action.choices]
+            return
+    raise RuntimeError(f"megatron-power: this Megatron-LM tree has no --{dest.replace('_', '-')}")
+
+
+def add_megatron_lm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``extra_args_provider`` for Megatron-LM: the plugin's flags and choices."""
+    _extend_choices(parser, "lr_decay_style", list(PLUGIN_STYLES))
+    plugin_shapes = [shape.value for shape in DecayShape if shape not in MEGATRON_WSD_SHAPES]
+    _extend_choices(parser, "lr_wsd_decay_style", plugin_shapes)
+    return add_power_args(parser)
+
+
+def uses_plugin(args: argparse.Namespace) -> bool:
+    """True when the run asks for anything only the plugin computes."""
+    if args.lr_decay_style in PLUGIN_STYLES:
+        return True
+    if getattr(args, "lr_wsd_decay_style", None) not in (None, *MEGATRON_WSD_SHAPES):
+        return True
+    plugin_flags = (
+        "lr_wsd_cycle_iters",
+        "lr_wsd_cycle_samples",
+        "lr_branch_decay_start_iters",
+        "lr_branch_decay_start_samples",
+    )
+    return any(getattr(args, name, None) is not None for name in plugin_flags)
+
+
+def validate_plugin_args(args: argparse.Namespace) -> None:
+    """Build the schedule settings now, so a bad flag stops the run before training."""
+    if not uses_plugin(args):
+        return
+    try:
+        settings_from_args(args)
+    except ValueError as error:
+        sys.stderr.write(f"megatron-power: error: {error}\n")
+        raise SystemExit(2) from None
+
+
+class MegatronLMScheduler(PowerOptimizerParamScheduler):
+    """Megatron-LM constructs this with OptimizerParamScheduler's arguments; the plugin's
+    options come from Megatron-LM's parsed arguments."""
+
+    def __init__(self, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+        from megatron.training.global_vars import get_args
+
+        megatron_args = get_args()
+        plugin = {}
+        if uses_plugin(megatron_args):
+            settings = settings_from_args(megatron_args)
+            plugin = {name: getattr(settings, name) for name in PLUGIN_SCHEDULER_FIELDS}
+        super().__init__(optimizer, *args, **kwargs, **plugin)
+
+
+def _replace_everywhere(original: Any, replacement: Any) -> None:
+    """Rebind ``original`` in every loaded module that imported it by name."""
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not namespace:
+            continue
+        for name, value in list(namespace.items()):
+            if value is original:
+                setattr(module, name, replacement)
+
+
+def install() -> None:
+    """Install the hooks into the importable Megatron-LM tree; safe to call twice."""
+    import megatron.training.arguments as arguments
+    import megatron.training.initialize  # noqa: F401  (binds parse_args by name in some releases)
+    import megatron.training.training as training
+
+    if getattr(arguments.parse_args, _MARK, False):
+        return
+    original_parse = arguments.parse_args
+    original_validate = arguments.validate_args
+
+    def parse_args(extra_args_provider=None, ignore_unknown_args=False):
+        def provider(parser):
+            if extra_args_provider is not None:
+                parser = extra_args_provider(parser)
+            return add_megatron_lm_args(parser)
+
+        return original_parse(provider, ignore_unknown_args)
+
+    def validate_args(args, *rest, **options):
+        result = original_validate(args, *rest, **options)
+        validate_plugin_args(args)
+        return result
+
+    for function in (parse_args, validate_args):
+        setattr(function, _MARK, True)
+        function.__doc__ = "Megatron-LM's, with megatron-power's flags and checks."
+    _replace_everywhere(original_parse, parse_args)
+    _replace_everywhere(original_validate, validate_args)
+    training.OptimizerParamScheduler = MegatronLMScheduler
