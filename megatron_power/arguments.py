@@ -229,3 +229,67 @@ def batch_size_at(samples: int, global_batch_size: int, rampup: list[int] | None
     samples_per_increment = ramp_samples / steps
     current = start + int(samples // samples_per_increment) * increment
     return min(current, global_batch_size)
+
+
+def add_mup_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The plugin's muP flags. Prefixed ``--power-mup`` so they never collide with
+    megatron-core 0.17+'s own ``--use-mup``/``--mup-*`` flags (using both is refused)."""
+    from .mup.rules import RESIDUAL_RULES, ROUTER_RULES, WEIGHT_DECAY_RULES
+
+    group = parser.add_argument_group("megatron-power muP flags")
+    group.add_argument("--power-mup", action="store_true", help="Turn the plugin's muP on.")
+    group.add_argument("--power-mup-base-hidden-size", type=int, default=None,
+                       help="Base width: m = hidden-size / this.")  # fmt: skip
+    group.add_argument("--power-mup-embedding-multiplier", type=float, default=1.0)
+    group.add_argument("--power-mup-residual-multiplier", type=float, default=1.0)
+    group.add_argument("--power-mup-residual-rule", choices=RESIDUAL_RULES, default="constant")
+    group.add_argument("--power-mup-base-num-layers", type=int, default=None)
+    group.add_argument("--power-mup-base-head-dim", type=int, default=None)
+    group.add_argument("--power-mup-attention-scale", type=float, default=None)
+    group.add_argument("--power-mup-logits-scale", type=float, default=None)
+    group.add_argument("--power-mup-init-std", type=float, default=None)
+    group.add_argument("--power-mup-no-depth-scaled-output-init", action="store_true")
+    group.add_argument("--power-mup-base-moe-ffn-hidden-size", type=int, default=None)
+    group.add_argument("--power-mup-router", choices=ROUTER_RULES, default="hidden")
+    group.add_argument("--power-mup-scale-adam-eps", action="store_true")
+    group.add_argument("--power-mup-weight-decay", choices=WEIGHT_DECAY_RULES, default="coupled")
+    return parser
+
+
+def mup_from_args(args: argparse.Namespace):
+    """The MupConfig the flags describe, or None when ``--power-mup`` is off."""
+    from .mup.rules import MupConfig
+
+    if not getattr(args, "power_mup", False):
+        return None
+    if getattr(args, "use_mup", False):
+        raise ValueError(
+            "--power-mup and --use-mup: Megatron-Core's own muP is on too; use one of them"
+        )
+    if args.power_mup_base_hidden_size is None:
+        raise ValueError("--power-mup-base-hidden-size: required with --power-mup")
+    try:
+        return MupConfig(
+            base_hidden_size=args.power_mup_base_hidden_size,
+            embedding_multiplier=args.power_mup_embedding_multiplier,
+            residual_multiplier=args.power_mup_residual_multiplier,
+            residual_rule=args.power_mup_residual_rule,
+            base_num_layers=args.power_mup_base_num_layers,
+            base_head_dim=args.power_mup_base_head_dim,
+            attention_scale=args.power_mup_attention_scale,
+            logits_scale=args.power_mup_logits_scale,
+            init_std=args.power_mup_init_std,
+            depth_scaled_output_init=not args.power_mup_no_depth_scaled_output_init,
+            base_moe_ffn_hidden_size=args.power_mup_base_moe_ffn_hidden_size,
+            router=args.power_mup_router,
+            scale_adam_eps=args.power_mup_scale_adam_eps,
+            weight_decay=args.power_mup_weight_decay,
+        )
+    except ValueError as error:
+        raise ValueError(name_the_mup_flag(str(error))) from None
+
+
+def name_the_mup_flag(message: str) -> str:
+    """Prefix a MupConfig ``field: ...`` message with its ``--power-mup-*`` flag."""
+    field, _, rest = message.partition(":")
+    return f"--power-mup-{field.strip().replace('_', '-')} ({field}):{rest}"

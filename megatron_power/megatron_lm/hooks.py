@@ -12,6 +12,9 @@ has:
 * ``validate_args`` additionally checks the plugin's settings, once Megatron has filled
   in its defaults (the global batch size), so bad input stops before training with one
   line naming the flag.
+* with ``--power-mup``: ``core_transformer_config_from_args`` returns the muP config,
+  ``get_model`` applies muP to each chunk before Megatron wraps it, and
+  ``get_megatron_optimizer`` receives muP's per-group overrides;
 * ``megatron.training.training.OptimizerParamScheduler``, which
   ``get_optimizer_param_scheduler`` looks up by module-global name, becomes
   :class:`MegatronLMScheduler`, which takes Megatron's arguments unchanged and the
@@ -21,12 +24,27 @@ has:
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from ..arguments import add_power_args, settings_from_args
+from ..arguments import (
+    add_mup_args,
+    add_power_args,
+    mup_from_args,
+    name_the_mup_flag,
+    settings_from_args,
+)
+from ..megatron.mup import (
+    apply_mup,
+    mup_config_overrides,
+    mup_scale_lr_cond,
+    mup_transformer_config,
+)
 from ..megatron.scheduler import PowerOptimizerParamScheduler
 from ..megatron.settings import PLUGIN_STYLES
+from ..mup.rules import ModelShape
 from ..schedules.decay import MEGATRON_WSD_SHAPES, DecayShape
 
 _MARK = "_megatron_power_hook"
@@ -59,7 +77,7 @@ def add_megatron_lm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     _extend_choices(parser, "lr_decay_style", list(PLUGIN_STYLES))
     plugin_shapes = [shape.value for shape in DecayShape if shape not in MEGATRON_WSD_SHAPES]
     _extend_choices(parser, "lr_wsd_decay_style", plugin_shapes)
-    return add_power_args(parser)
+    return add_mup_args(add_power_args(parser))
 
 
 def uses_plugin(args: argparse.Namespace) -> bool:
@@ -78,14 +96,94 @@ def uses_plugin(args: argparse.Namespace) -> bool:
 
 
 def validate_plugin_args(args: argparse.Namespace) -> None:
-    """Build the schedule settings now, so a bad flag stops the run before training."""
-    if not uses_plugin(args):
-        return
+    """Build the schedule settings and muP rules now, so a bad flag stops the run before
+    training, with one line naming the flag."""
     try:
-        settings_from_args(args)
+        if uses_plugin(args):
+            settings_from_args(args)
+        mup = mup_from_args(args)
+        if mup is not None:
+            try:
+                mup.resolve(_model_shape(args))
+            except ValueError as error:
+                raise ValueError(name_the_mup_flag(str(error))) from None
     except ValueError as error:
         sys.stderr.write(f"megatron-power: error: {error}\n")
         raise SystemExit(2) from None
+
+
+def _model_shape(args: argparse.Namespace) -> ModelShape:
+    head_dim = args.kv_channels or args.hidden_size // args.num_attention_heads
+    moe_ffn = (
+        getattr(args, "moe_ffn_hidden_size", None) if getattr(args, "num_experts", None) else None
+    )
+    return ModelShape(args.hidden_size, args.num_layers, head_dim, moe_ffn)
+
+
+def with_mup_config(build_config: Callable) -> Callable:
+    """Wrap ``core_transformer_config_from_args``: muP's attention scale and init methods."""
+
+    def core_transformer_config_from_args(args, *rest, **options):
+        config = build_config(args, *rest, **options)
+        return mup_transformer_config(config, mup_from_args(args))
+
+    return core_transformer_config_from_args
+
+
+def with_mup_model(get_model: Callable, get_args: Callable) -> Callable:
+    """Wrap ``get_model``: apply muP to each model chunk the provider builds, before
+    Megatron wraps it (DDP, Float16Module)."""
+
+    def wrapped_get_model(model_provider_func, *rest, **options):
+        mup = mup_from_args(get_args())
+        if mup is None:
+            return get_model(model_provider_func, *rest, **options)
+
+        def provider(*args, **kwargs):
+            return apply_mup(model_provider_func(*args, **kwargs), mup)
+
+        return get_model(provider, *rest, **options)
+
+    return wrapped_get_model
+
+
+def with_mup_optimizer(get_megatron_optimizer: Callable, get_args: Callable) -> Callable:
+    """Wrap ``get_megatron_optimizer``: muP's per-group LR (and eps, wd) overrides, merged
+    with whatever overrides Megatron-LM passes (0.16+), or ``scale_lr_cond``/``lr_mult``
+    (up to 0.15)."""
+    parameters = inspect.signature(get_megatron_optimizer).parameters
+
+    def wrapped(config, model_chunks, *rest, **options):
+        mup = mup_from_args(get_args())
+        if mup is None:
+            return get_megatron_optimizer(config, model_chunks, *rest, **options)
+        model_config = _unwrap(model_chunks[0]).config
+        if "config_overrides" in parameters:
+            bound = inspect.signature(get_megatron_optimizer).bind(
+                config, model_chunks, *rest, **options
+            )
+            bound.arguments["config_overrides"] = mup_config_overrides(
+                model_config, mup, config, bound.arguments.get("config_overrides")
+            )
+            return get_megatron_optimizer(*bound.args, **bound.kwargs)
+        bound = inspect.signature(get_megatron_optimizer).bind(
+            config, model_chunks, *rest, **options
+        )
+        if bound.arguments.get("scale_lr_cond") is not None:
+            raise ValueError("--power-mup: this run already sets scale_lr_cond; cannot add muP's")
+        scale_lr_cond, lr_mult = mup_scale_lr_cond(model_config, mup)
+        bound.arguments["scale_lr_cond"] = scale_lr_cond
+        bound.arguments["lr_mult"] = lr_mult
+        return get_megatron_optimizer(*bound.args, **bound.kwargs)
+
+    return wrapped
+
+
+def _unwrap(module: Any) -> Any:
+    """The GPTModel inside Megatron's DDP / Float16Module wrappers."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module
 
 
 class MegatronLMScheduler(PowerOptimizerParamScheduler):
@@ -138,9 +236,17 @@ def install() -> None:
         validate_plugin_args(args)
         return result
 
+    from megatron.training.global_vars import get_args
+
     for function in (parse_args, validate_args):
         setattr(function, _MARK, True)
         function.__doc__ = "Megatron-LM's, with megatron-power's flags and checks."
     _replace_everywhere(original_parse, parse_args)
     _replace_everywhere(original_validate, validate_args)
+    _replace_everywhere(
+        arguments.core_transformer_config_from_args,
+        with_mup_config(arguments.core_transformer_config_from_args),
+    )
     training.OptimizerParamScheduler = MegatronLMScheduler
+    training.get_model = with_mup_model(training.get_model, get_args)
+    training.get_megatron_optimizer = with_mup_optimizer(training.get_megatron_optimizer, get_args)

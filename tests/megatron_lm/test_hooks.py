@@ -126,3 +126,22 @@ def test_real_tree_refuses_a_bad_flag_before_training():
     result = run_in_tree("--lr-power-b", "0.5")
     assert result.returncode == 2
     assert "megatron-power: error: --lr-power-b" in result.stderr
+
+
+@needs_tree
+def test_real_tree_builds_the_mup_transformer_config():
+    result = run_in_tree(
+        "--power-mup", "--power-mup-base-hidden-size", "16", "--init-method-std", "0.04"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    mup = json.loads(line[len("RESULT ") :])["mup"]
+    assert mup["softmax_scale"] == pytest.approx(1 / 16)  # 1/d_head, d_head = 64/4
+    assert mup["init_std"] == pytest.approx(0.04 / 2, rel=0.02)  # m = 64/16 = 4
+
+
+@needs_tree
+def test_real_tree_refuses_plugin_mup_with_a_base_that_does_not_divide():
+    result = run_in_tree("--power-mup", "--power-mup-base-hidden-size", "48")
+    assert result.returncode == 2
+    assert "--power-mup-base-hidden-size (base_hidden_size): 48 does not divide" in result.stderr

@@ -19,6 +19,12 @@ else:
     global_vars.set_args(args)
 optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=args.lr)
 scheduler = megatron_training.get_optimizer_param_scheduler(optimizer)
+mup = {}
+if getattr(args, "power_mup", False):
+    config = arguments.core_transformer_config_from_args(args)
+    sample = torch.empty(512, 512)
+    config.init_method(sample)
+    mup = {"softmax_scale": config.softmax_scale, "init_std": sample.std().item()}
 lrs = []
 for _ in range(args.train_iters):
     scheduler.step(args.global_batch_size)
@@ -32,6 +38,7 @@ print(
             "lr_power_a": args.lr_power_a,
             "settings": scheduler.settings.to_dict(),
             "lrs": lrs,
+            "mup": mup,
         }
     ),
     file=sys.stdout,
