@@ -150,6 +150,12 @@ def apply_mup(model: torch.nn.Module, mup: MupConfig | None) -> torch.nn.Module:
         raise ValueError("apply_mup: already applied to this model")
     config = model.config
     rules = mup_rules(config, mup)
+    if config.softmax_scale != rules.softmax_scale:
+        raise ValueError(
+            "apply_mup: the model was not built from mup_transformer_config(config, mup) "
+            f"(softmax_scale {config.softmax_scale}, muP wants {rules.softmax_scale}); its "
+            "init and attention would not be muP's"
+        )
     _correct_init(model, rules)
 
     if getattr(model, "embedding", None) is not None and rules.embedding_multiplier != 1.0:

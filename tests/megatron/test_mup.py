@@ -175,6 +175,9 @@ def test_bad_input_is_refused_naming_the_field():
     model = build_gpt(tiny_config(), MupConfig(base_hidden_size=64))
     with pytest.raises(ValueError, match=r"^apply_mup: already applied"):
         apply_mup(model, MupConfig(base_hidden_size=64))
+    plain = build_gpt(tiny_config())
+    with pytest.raises(ValueError, match=r"^apply_mup: the model was not built from"):
+        apply_mup(plain, MupConfig(base_hidden_size=32))
 
 
 def _granite_reference(
