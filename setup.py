@@ -20,6 +20,9 @@ setup(
         "megatron-core>=0.14,<0.20",
         "torch>=2.6",
         "numpy",
+        "tqdm",
+        "sentencepiece",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "plots": ["matplotlib>=3.8"],

@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not
 warnings.filterwarnings("ignore", message=".*absl.logging is not installed.*")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
-from . import schedule  # noqa: E402
+from . import pretrain, schedule  # noqa: E402
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", required=True, parser_class=OneLineErrorParser
     )
+    pretrain.add_parser(subparsers)
     schedule.add_parser(subparsers)
     return parser
 

@@ -260,7 +260,10 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         )
         self.wsd_decay_steps = settings.wsd_decay_steps
         self.lr_wsd_decay_style = settings.lr_wsd_decay_style
+        branching = self.settings.lr_branch_decay_start_steps is not None
         for name in ("start_wd", "end_wd", "wd_incr_steps", "wd_incr_style"):
+            if name == "wd_incr_steps" and branching:
+                continue  # the run's length, which a branch decay changes
             if name in state:
                 setattr(self, name, self._check_field(name, getattr(self, name), state[name]))
 

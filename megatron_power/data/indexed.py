@@ -1,0 +1,65 @@
+"""Write token documents as a Megatron-Core indexed dataset and read it back as GPTDatasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class PlainTokenizer:
+    """What megatron.core.datasets asks of a tokenizer: ids for end-of-document and pad."""
+
+    def __init__(self, vocab_size: int, eod: int) -> None:
+        self.vocab_size = vocab_size
+        self.eod = eod
+        self.pad = eod
+        self.unique_identifiers = {"class": "PlainTokenizer", "vocab_size": vocab_size, "eod": eod}
+
+
+def write_indexed(prefix: Path, documents: list[np.ndarray], vocab_size: int) -> None:
+    """``prefix``.bin/.idx in Megatron-Core's indexed format."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    dtype = np.uint16 if vocab_size < 65_500 else np.int32
+    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
+    for document in documents:
+        builder.add_document(torch.from_numpy(document.astype(np.int64)), [len(document)])
+    builder.finalize(f"{prefix}.idx")
+
+
+def write_meta(prefix: Path, meta: dict[str, Any]) -> None:
+    Path(f"{prefix}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(prefix: Path) -> dict[str, Any]:
+    return json.loads(Path(f"{prefix}.json").read_text())
+
+
+def build_gpt_datasets(
+    prefix: Path, seq_length: int, train_samples: int, valid_samples: int, seed: int, meta: dict
+):
+    """(train, valid) GPTDatasets through megatron.core.datasets' own builder."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import (
+        BlendedMegatronDatasetBuilder,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=([str(prefix)], None),
+        split="95,5,0",
+        path_to_cache=str(Path(prefix).parent / "cache"),
+        tokenizer=PlainTokenizer(meta["vocab_size"], meta["eod"]),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+    )
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [train_samples, valid_samples, 0], lambda: True, config
+    ).build()
+    return train, valid

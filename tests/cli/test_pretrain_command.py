@@ -1,0 +1,142 @@
+"""``megatron-power pretrain`` end to end on CPU: real Megatron-Core, real datasets."""
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMALL = ["--train-tokens", "40960", "--warmup-tokens", "8192"]  # 20 steps of 16 x 128 tokens
+
+
+def pretrain(*args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_power.cli.main", "pretrain", *map(str, args)],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def metrics(run_dir: Path):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trunk(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "trunk"
+    pretrain("--run-dir", run_dir, *SMALL)
+    return run_dir
+
+
+def test_loss_falls_well_below_the_unigram_entropy(trunk):
+    summary = json.loads((trunk / "summary.json").read_text())
+    rows = metrics(trunk)
+    assert len(rows) == 20 and rows[-1]["tokens"] == 40960
+    last = sum(row["loss"] for row in rows[-5:]) / 5
+    assert rows[0]["loss"] > summary["unigram_entropy"] - 0.2  # starts near uniform
+    assert last < summary["unigram_entropy"] - 1.0  # learned the transitions
+    assert summary["valid_loss"] < summary["unigram_entropy"] - 1.0
+    assert summary["valid_loss"] > summary["entropy_rate"] - 0.05  # the floor holds
+    config = json.loads((trunk / "config.json").read_text())
+    assert config["lr_decay_style"] == "power" and config["mup"] is True
+
+
+def test_run_directory_has_a_valid_png_and_checkpoint(trunk):
+    from matplotlib.image import imread
+
+    image = imread(trunk / "loss_lr.png")
+    assert image.shape[0] > 300 and image.shape[1] > 300
+    assert (trunk / "checkpoints" / "latest").read_text().strip() == "20"
+    assert (trunk / "checkpoints" / "iter_0000020" / "rank000.pt").is_file()
+
+
+def test_resumed_run_equals_the_uninterrupted_one(trunk, tmp_path):
+    interrupted = tmp_path / "interrupted"
+    stopped = pretrain("--run-dir", interrupted, *SMALL, "--exit-interval", "8")
+    assert "continue with --resume" in stopped.stdout
+    assert len(metrics(interrupted)) == 8
+    pretrain("--resume", interrupted)
+    assert metrics(interrupted) == metrics(trunk)  # loss, LR and grad norm, bit for bit
+
+
+def test_branch_decay_turns_a_checkpoint_into_a_budget_model(trunk, tmp_path):
+    branch = tmp_path / "branch"
+    pretrain("--init-from", trunk / "checkpoints/iter_0000020", "--run-dir", branch,
+             "--branch-decay-tokens", "20480", "--decay-shape", "linear")  # fmt: skip
+    rows = metrics(branch)
+    assert [row["iteration"] for row in rows] == list(range(21, 31))
+    lrs = [row["lr"] for row in rows]
+    assert all(b < a for a, b in itertools.pairwise(lrs))  # decaying throughout
+    summary = json.loads((branch / "summary.json").read_text())
+    assert summary["final_lr"] == 0.0  # min_lr exactly at the end of the branch
+    trunk_summary = json.loads((trunk / "summary.json").read_text())
+    assert summary["valid_loss"] < trunk_summary["valid_loss"]  # decaying helps
+
+
+def test_wsd_s_cycles_end_to_end(tmp_path):
+    run_dir = tmp_path / "wsds"
+    pretrain("--run-dir", run_dir, *SMALL, "--lr-decay-style", "WSD", "--lr", "0.01",
+             "--decay-tokens", "4096", "--wsd-cycle-tokens", "20480", "40960",
+             "--decay-shape", "linear")  # fmt: skip
+    lr_by_tokens = {row["tokens"]: row["lr"] for row in metrics(run_dir)}
+    # Logged LR is the one each step used: the step ending at 20480 tokens ran at the
+    # LR after 18432 tokens (half-way down), the next one at the bottom, then back up.
+    assert lr_by_tokens[18432] == 0.01
+    assert lr_by_tokens[20480] == pytest.approx(0.005)
+    assert lr_by_tokens[22528] == 0.0
+    assert lr_by_tokens[24576] == 0.01
+    assert json.loads((run_dir / "summary.json").read_text())["final_lr"] == 0.0
+
+
+def test_tensor_parallel_run_equals_one_rank(trunk, tmp_path):
+    run_dir = tmp_path / "tp2"
+    pretrain("--run-dir", run_dir, *SMALL, "--nproc", "2", "--tp", "2")
+    for ours, reference in zip(metrics(run_dir), metrics(trunk), strict=True):
+        assert ours["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+        assert ours["lr"] == reference["lr"]
+
+
+def test_moe_with_expert_parallelism_learns(tmp_path):
+    run_dir = tmp_path / "moe"
+    pretrain("--run-dir", run_dir, *SMALL, "--model", "moe", "--nproc", "2", "--ep", "2")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["valid_loss"] < summary["unigram_entropy"] - 1.0
+
+
+def test_text_data_is_tokenized_with_sentencepiece(tmp_path):
+    words = "the cat sat on a mat while dogs ran far from home and birds sang".split()  # noqa: SIM905
+    corpus = tmp_path / "corpus.jsonl"
+    lines = [json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(40))})
+             for i in range(300)]  # fmt: skip
+    corpus.write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "text"
+    pretrain("--run-dir", run_dir, "--data", corpus, "--vocab-size", "100", *SMALL)
+    meta = json.loads((run_dir / "data/tokens.json").read_text())
+    assert (run_dir / "tokenizer.model").is_file() and meta["num_tokens"] > 300 * 10
+    rows = metrics(run_dir)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--nproc", "2", "--tp", "3"], "--nproc"),
+        (["--lr-power-b", "0.3"], "--lr-power-b"),
+        (["--data", "/no/such/file.txt"], "--data"),
+        (["--ep", "2", "--nproc", "2"], "--ep"),
+        (["--mup-base-hidden-size", "48"], "--mup-base-hidden-size"),
+        (["--branch-decay-tokens", "100"], "--branch-decay-tokens"),
+        (["--resume", "/no/such/run"], "--resume"),
+        (["--model", "gpt5"], "--model"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, flag, tmp_path):
+    result = pretrain("--run-dir", tmp_path / "bad", *args, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], result.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
