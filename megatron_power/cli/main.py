@@ -15,9 +15,11 @@ from collections.abc import Sequence
 # without TE/apex/absl; a one-line error must stay one line.
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
 warnings.filterwarnings("ignore", message=".*absl.logging is not installed.*")
+warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+warnings.filterwarnings("ignore", message=".*full scope is deprecated.*")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
-from . import pretrain, schedule  # noqa: E402
+from . import coord_check, pretrain, schedule  # noqa: E402
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, parser_class=OneLineErrorParser
     )
     pretrain.add_parser(subparsers)
+    coord_check.add_parser(subparsers)
     schedule.add_parser(subparsers)
     return parser
 

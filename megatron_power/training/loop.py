@@ -438,6 +438,8 @@ def evaluate(model, dataset, samples: int, dp_rank: int, dp_size: int, device) -
 
 def main() -> None:
     """Entry for torchrun: ``python -m megatron_power.training.loop CONFIG [INIT_FROM]``."""
+    import megatron_power.cli.main  # noqa: F401  (its filters for Megatron's CPU notices)
+
     config = PretrainConfig.load(Path(sys.argv[1]))
     init_from = Path(sys.argv[2]) if len(sys.argv) > 2 else None
     train(config, init_from)

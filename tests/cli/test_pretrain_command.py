@@ -140,3 +140,25 @@ def test_usage_errors_are_one_line_and_exit_2(args, flag, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], result.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("mup", "code"), [(True, 0), (False, 1)], ids=["mup", "standard"])
+def test_coord_check_command(tmp_path, mup, code):
+    png = tmp_path / "coord.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_power.cli.main", "coord-check", "--png", png,
+         "--widths", "128", "256", "512", "1024", *([] if mup else ["--no-mup"])],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr[-2000:]
+    verdicts = [
+        line.split() for line in result.stdout.splitlines() if line.startswith(("init", "trained"))
+    ]
+    assert {(v[0], v[1]) for v in verdicts} >= {("trained", "layer2"), ("trained", "logits")}
+    if mup:
+        assert all(v[-1] == "pass" for v in verdicts)
+    else:
+        assert any(v[1] == "layer2" and v[-1] == "FAIL" for v in verdicts)
+    from matplotlib.image import imread
+
+    assert imread(png).shape[0] > 100
