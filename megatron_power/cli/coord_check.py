@@ -86,11 +86,11 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
     from ..megatron.coord_check import coordinate_check
     from ..megatron.mup import mup_config_overrides
     from ..training.config import PretrainConfig
-    from ..training.loop import build_model
+    from ..training.loop import build_model, free_port
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29531")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         dist.init_process_group("gloo", rank=0, world_size=1)
     parallel_state.initialize_model_parallel()
     from ..megatron.cpu import install_cpu_support

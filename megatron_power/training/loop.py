@@ -29,11 +29,20 @@ from .config import PretrainConfig
 
 
 # --------------------------------------------------------------------------- setup
+def free_port() -> int:
+    """A free local port for a single-process run (torchrun sets its own)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def init_distributed(config: PretrainConfig) -> torch.device:
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         dist.init_process_group(
             "nccl" if use_cuda else "gloo",
             rank=int(os.environ.get("RANK", 0)),
@@ -92,18 +101,25 @@ def prepare_data(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
     return read_meta(prefix)
 
 
-def build_model(config: PretrainConfig, vocab_size: int, device: torch.device):
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-    from megatron.core.transformer.transformer_config import TransformerConfig
-
-    moe = config.model == "moe"
+def small_gpt_options(
+    hidden_size: int,
+    num_layers: int,
+    head_dim: int,
+    ffn_hidden_size: int | None = None,
+    moe_experts: int | None = None,
+    moe_ffn_hidden_size: int | None = None,
+    moe_router_topk: int = 2,
+    **parallel: Any,
+) -> dict[str, Any]:
+    """TransformerConfig fields of the small Granite-like GPT (RMSNorm, SwiGLU, RoPE, no
+    bias, no dropout, fp32, CPU init) that pretrain and the tests build; MoE when
+    ``moe_experts`` is given (allgather dispatcher: it runs on CPU)."""
     options: dict[str, Any] = dict(
-        num_layers=config.num_layers,
-        hidden_size=config.hidden_size,
-        num_attention_heads=config.hidden_size // config.head_dim,
-        kv_channels=config.head_dim,
-        ffn_hidden_size=config.ffn_hidden_size or 2 * config.hidden_size,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_attention_heads=hidden_size // head_dim,
+        kv_channels=head_dim,
+        ffn_hidden_size=ffn_hidden_size or 2 * hidden_size,
         normalization="RMSNorm",
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
@@ -112,19 +128,37 @@ def build_model(config: PretrainConfig, vocab_size: int, device: torch.device):
         attention_dropout=0.0,
         use_cpu_initialization=True,
         params_dtype=torch.float32,
-        init_method_std=config.init_method_std,
-        tensor_model_parallel_size=config.tensor_model_parallel_size,
-        expert_model_parallel_size=config.expert_model_parallel_size,
+        **parallel,
     )
-    if moe:
+    if moe_experts:
         options.update(
-            num_moe_experts=config.num_experts,
-            moe_router_topk=config.moe_router_topk,
-            moe_ffn_hidden_size=config.moe_ffn_hidden_size or config.hidden_size,
+            num_moe_experts=moe_experts,
+            moe_router_topk=moe_router_topk,
+            moe_ffn_hidden_size=moe_ffn_hidden_size or hidden_size,
             moe_grouped_gemm=False,
             moe_token_dispatcher_type="allgather",
             moe_aux_loss_coeff=0.0,
         )
+    return options
+
+
+def build_model(config: PretrainConfig, vocab_size: int, device: torch.device):
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    options = small_gpt_options(
+        config.hidden_size,
+        config.num_layers,
+        config.head_dim,
+        config.ffn_hidden_size,
+        moe_experts=config.num_experts if config.model == "moe" else None,
+        moe_ffn_hidden_size=config.moe_ffn_hidden_size,
+        moe_router_topk=config.moe_router_topk,
+        init_method_std=config.init_method_std,
+        tensor_model_parallel_size=config.tensor_model_parallel_size,
+        expert_model_parallel_size=config.expert_model_parallel_size,
+    )
     transformer_config = TransformerConfig(**options)
     mup = mup_config(config)
     transformer_config = mup_transformer_config(transformer_config, mup)

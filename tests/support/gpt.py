@@ -38,20 +38,14 @@ def tiny_config(
 ):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    options = dict(
-        num_layers=layers,
-        hidden_size=hidden,
-        num_attention_heads=hidden // head_dim,
-        kv_channels=head_dim,
-        ffn_hidden_size=2 * hidden,
-        normalization="RMSNorm",
-        gated_linear_unit=True,
-        activation_func=torch.nn.functional.silu,
-        add_bias_linear=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        use_cpu_initialization=True,
-        params_dtype=torch.float32,
+    from megatron_power.training.loop import small_gpt_options
+
+    options = small_gpt_options(
+        hidden,
+        layers,
+        head_dim,
+        moe_experts=experts if moe else None,
+        moe_ffn_hidden_size=moe_ffn,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         pipeline_dtype=torch.float32,
@@ -59,15 +53,6 @@ def tiny_config(
         sequence_parallel=sequence_parallel,
         init_method_std=0.02,
     )
-    if moe:
-        options.update(
-            num_moe_experts=experts,
-            moe_router_topk=2,
-            moe_ffn_hidden_size=moe_ffn or hidden,
-            moe_grouped_gemm=False,
-            moe_token_dispatcher_type="allgather",
-            moe_aux_loss_coeff=0.0,
-        )
     options.update(extra)
     return TransformerConfig(**options)
 
