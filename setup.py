@@ -23,10 +23,14 @@ setup(
         "tqdm",
         "sentencepiece",
         "matplotlib>=3.8",
+        "safetensors>=0.4",  # export-hf / import-hf
+        "scipy>=1.10",  # confidence intervals of the power-law fit
     ],
     extras_require={
         "plots": ["matplotlib>=3.8"],
-        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],
+        # tokenizer.json for exported models; loading them in transformers
+        "hf": ["transformers>=4.45", "protobuf"],
+        "test": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "transformers>=4.45", "protobuf"],
     },
     entry_points={"console_scripts": ["megatron-power=megatron_power.cli.main:main"]},
     classifiers=[

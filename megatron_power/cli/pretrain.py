@@ -69,6 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--seq-length", type=int, default=DEFAULTS.seq_length)
     model.add_argument("--no-mup", action="store_true", help="standard parameterisation")
     model.add_argument("--mup-base-hidden-size", type=int, default=DEFAULTS.mup_base_hidden_size)
+    add_data_and_schedule_arguments(parser)
+    parser.set_defaults(handler=run_pretrain)
+
+
+def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data and schedule flags (shared with ``import-hf``, whose runs continue here)."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
@@ -105,7 +111,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="with --init-from: decay over this many tokens from the checkpoint",
     )
-    parser.set_defaults(handler=run_pretrain)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | None]:
@@ -124,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
         raise ValueError("--branch-decay-tokens: needs --init-from CHECKPOINT")
     config = PretrainConfig(
         run_dir=args.run_dir or DEFAULTS.run_dir,
+        **data_and_schedule_fields(args),
         model=args.model,
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
@@ -132,6 +138,20 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
         seq_length=args.seq_length,
         mup=not args.no_mup,
         mup_base_hidden_size=args.mup_base_hidden_size,
+        seed=args.seed,
+        nproc=args.nproc,
+        tensor_model_parallel_size=args.tp,
+        expert_model_parallel_size=args.ep,
+        device=args.device,
+        exit_interval=args.exit_interval,
+    )
+    validate(config)
+    return config, None
+
+
+def data_and_schedule_fields(args: argparse.Namespace) -> dict:
+    """PretrainConfig fields set by :func:`add_data_and_schedule_arguments`' flags."""
+    return dict(
         data=args.data,
         vocab_size=args.vocab_size,
         tokenizer_model=args.tokenizer_model,
@@ -146,15 +166,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
         wsd_cycle_tokens=args.wsd_cycle_tokens,
         train_tokens=args.train_tokens,
         global_batch_size=args.global_batch_size,
-        seed=args.seed,
-        nproc=args.nproc,
-        tensor_model_parallel_size=args.tp,
-        expert_model_parallel_size=args.ep,
-        device=args.device,
-        exit_interval=args.exit_interval,
     )
-    validate(config)
-    return config, None
 
 
 def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:

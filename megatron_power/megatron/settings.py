@@ -117,7 +117,7 @@ class ScheduleSettings:
                     + (" with a decay tail" if self.lr_decay_style == "power" else "")
                 )
             return
-        if needs_total and not self.lr_decay_steps > self.lr_warmup_steps:
+        if not self.lr_decay_steps > self.lr_warmup_steps:  # Megatron's constructor asserts it
             raise ValueError(
                 f"lr_warmup_steps: warmup ({self.lr_warmup_steps}) must be shorter than "
                 f"the run (lr_decay_steps={self.lr_decay_steps})"

@@ -27,6 +27,11 @@ class PretrainConfig:
     num_layers: int = 4
     head_dim: int = 32
     ffn_hidden_size: int | None = None  # default 2 x hidden (SwiGLU)
+    num_query_groups: int | None = None  # grouped-query attention; default = heads
+    rotary_base: int = 10_000
+    norm_epsilon: float = 1e-5
+    share_embeddings: bool = False  # tie the readout to the input embedding
+    padded_vocab_size: int | None = None  # model vocabulary when larger than the data's
     num_experts: int = 8
     moe_router_topk: int = 2
     moe_ffn_hidden_size: int | None = None  # default hidden
@@ -37,6 +42,8 @@ class PretrainConfig:
     mup_base_hidden_size: int = 64
     mup_embedding_multiplier: float = 4.0
     mup_residual_multiplier: float = 0.5
+    mup_attention_multiplier: float | None = None  # softmax scale; default muP's 1/head_dim
+    mup_logits_scaling: float | None = None  # logits divisor; default the width ratio
     # data
     data: str = "markov"  # markov | path to .txt / .jsonl
     data_dir: str | None = None  # default <run_dir>/data; branches share their trunk's

@@ -109,6 +109,8 @@ def small_gpt_options(
     moe_experts: int | None = None,
     moe_ffn_hidden_size: int | None = None,
     moe_router_topk: int = 2,
+    num_query_groups: int | None = None,
+    norm_epsilon: float = 1e-5,
     **parallel: Any,
 ) -> dict[str, Any]:
     """TransformerConfig fields of the small Granite-like GPT (RMSNorm, SwiGLU, RoPE, no
@@ -119,8 +121,10 @@ def small_gpt_options(
         hidden_size=hidden_size,
         num_attention_heads=hidden_size // head_dim,
         kv_channels=head_dim,
+        num_query_groups=num_query_groups,
         ffn_hidden_size=ffn_hidden_size or 2 * hidden_size,
         normalization="RMSNorm",
+        layernorm_epsilon=norm_epsilon,
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
@@ -142,9 +146,8 @@ def small_gpt_options(
     return options
 
 
-def build_model(config: PretrainConfig, vocab_size: int, device: torch.device):
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+def transformer_config(config: PretrainConfig):
+    """The run's TransformerConfig (muP's softmax scale and init included) and muP config."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     options = small_gpt_options(
@@ -155,29 +158,68 @@ def build_model(config: PretrainConfig, vocab_size: int, device: torch.device):
         moe_experts=config.num_experts if config.model == "moe" else None,
         moe_ffn_hidden_size=config.moe_ffn_hidden_size,
         moe_router_topk=config.moe_router_topk,
+        num_query_groups=config.num_query_groups,
+        norm_epsilon=config.norm_epsilon,
         init_method_std=config.init_method_std,
         tensor_model_parallel_size=config.tensor_model_parallel_size,
         expert_model_parallel_size=config.expert_model_parallel_size,
     )
-    transformer_config = TransformerConfig(**options)
     mup = mup_config(config)
-    transformer_config = mup_transformer_config(transformer_config, mup)
+    return mup_transformer_config(TransformerConfig(**options), mup), mup
+
+
+def build_model(config: PretrainConfig, vocab_size: int, device: torch.device):
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    megatron_config, mup = transformer_config(config)
     spec = get_gpt_layer_local_spec(
-        num_experts=transformer_config.num_moe_experts,
+        num_experts=megatron_config.num_moe_experts,
         moe_grouped_gemm=False,
         normalization="RMSNorm",
     )
     torch.manual_seed(config.seed)
     model = GPTModel(
-        config=transformer_config,
+        config=megatron_config,
         transformer_layer_spec=spec,
         vocab_size=vocab_size,
         max_sequence_length=config.seq_length,
         position_embedding_type="rope",
-        share_embeddings_and_output_weights=False,
+        rotary_base=config.rotary_base,
+        share_embeddings_and_output_weights=config.share_embeddings,
     )
     apply_mup(model, mup)
     return model.to(device), mup
+
+
+def model_vocab_size(config: PretrainConfig, meta: dict[str, Any]) -> int:
+    """The data's vocabulary, or the larger padded one an imported model brings."""
+    padded = config.padded_vocab_size
+    if padded is not None and padded < meta["vocab_size"]:
+        raise ValueError(
+            f"padded_vocab_size: {padded} is smaller than the data's vocabulary "
+            f"{meta['vocab_size']}"
+        )
+    return padded or meta["vocab_size"]
+
+
+def parallel_ranks() -> dict[str, int]:
+    """Where this rank's shards sit in the model-parallel grid (saved with them, so an
+    export can gather them without recomputing Megatron's rank order)."""
+    from megatron.core import parallel_state as ps
+
+    return {
+        "rank": dist.get_rank(),
+        "world_size": dist.get_world_size(),
+        "tp_rank": ps.get_tensor_model_parallel_rank(),
+        "tp_size": ps.get_tensor_model_parallel_world_size(),
+        "dp_rank": ps.get_data_parallel_rank(),
+        "ep_rank": ps.get_expert_model_parallel_rank(),
+        "ep_size": ps.get_expert_model_parallel_world_size(),
+        "etp_rank": ps.get_expert_tensor_parallel_rank(),
+        "etp_size": ps.get_expert_tensor_parallel_world_size(),
+        "edp_rank": ps.get_expert_data_parallel_rank(),
+    }
 
 
 def mup_config(config: PretrainConfig) -> MupConfig | None:
@@ -187,6 +229,8 @@ def mup_config(config: PretrainConfig) -> MupConfig | None:
         base_hidden_size=config.mup_base_hidden_size,
         embedding_multiplier=config.mup_embedding_multiplier,
         residual_multiplier=config.mup_residual_multiplier,
+        attention_scale=config.mup_attention_multiplier,
+        logits_scale=config.mup_logits_scaling,
     )
 
 
@@ -297,6 +341,7 @@ def save_checkpoint(run_dir: Path, iteration: int, model, optimizer, scheduler) 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "parallel": parallel_ranks(),
         },
         path / f"rank{dist.get_rank():03d}.pt",
     )
@@ -311,11 +356,26 @@ def latest_iteration(run_dir: Path) -> int | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+    """Load this rank's file; an imported checkpoint (weights only) starts a fresh
+    optimizer and schedule at its iteration."""
     state = torch.load(path / f"rank{dist.get_rank():03d}.pt", weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    if state.get("imported_from"):
+        # Written without building the model: it lacks the modules' empty _extra_state.
+        result = model.load_state_dict(state["model"], strict=False)
+        missing = [key for key in result.missing_keys if not key.endswith("._extra_state")]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"checkpoint {path}: does not fit the model (missing {missing[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]})"
+            )
+    else:
+        model.load_state_dict(state["model"])
+    if state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if state.get("rng") is not None:
+        torch.set_rng_state(state["rng"])
     return state["iteration"]
 
 
@@ -345,7 +405,7 @@ def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, An
         data_prefix(config), config.seq_length, 1, 1, config.seed, meta
     )
 
-    model, mup = build_model(config, meta["vocab_size"], device)
+    model, mup = build_model(config, model_vocab_size(config, meta), device)
     optimizer_config = OptimizerConfig(
         optimizer="adam", lr=config.lr, min_lr=config.min_lr, weight_decay=config.weight_decay
     )

@@ -1,0 +1,1 @@
+"""Hugging Face Granite / GraniteMoE export and import (``megatron-power export-hf``)."""
