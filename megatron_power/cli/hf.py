@@ -45,6 +45,24 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument(
         "--seq-length", type=int, default=None, help="default max_position_embeddings"
     )
+    lm = load.add_argument_group("Megatron-LM (legacy --ckpt-format torch, loaded with --load)")
+    lm.add_argument(
+        "--megatron-lm-dir",
+        default=None,
+        help="also write a Megatron-LM 'release' checkpoint here for pretrain_gpt.py --load",
+    )
+    lm.add_argument(
+        "--transformer-impl",
+        choices=["transformer_engine", "local"],
+        default="transformer_engine",
+        help="Megatron-LM's flag of the same name: TE fuses the norms into the linears",
+    )
+    lm.add_argument(
+        "--make-vocab-size-divisible-by",
+        type=int,
+        default=128,
+        help="Megatron-LM's flag: the vocabulary is padded to a multiple of this x TP",
+    )
     add_data_and_schedule_arguments(load)
     load.set_defaults(handler=run_import)
 
@@ -228,6 +246,8 @@ def run_import(args: argparse.Namespace) -> int:
         torch.save(state, path / f"rank{place['rank']:03d}.pt")
     (out / "checkpoints" / "latest").write_text("0\n")
     config.save(out / "config.json")
+    if args.megatron_lm_dir:
+        write_megatron_lm_release(full, args, shape.num_experts, moe)
     print(f"imported {directory} -> {out} (tp {args.tp}, ep {args.ep}); "
           f"continue with: megatron-power pretrain --resume {out}")  # fmt: skip
     return 0
@@ -259,3 +279,50 @@ def mup_fields(hf: dict, base_hidden_size: int | None) -> dict:
         "mup_attention_multiplier": attention,
         "mup_logits_scaling": logits,
     }
+
+
+def megatron_lm_names(local: dict, transformer_engine: bool, moe: bool) -> dict:
+    """Local-spec names -> the names of Megatron-LM's layer spec: Transformer Engine fuses
+    the pre-attention norm into linear_qkv and, in dense layers, the pre-MLP norm into fc1."""
+    if not transformer_engine:
+        return dict(local)
+    renamed = {}
+    for name, tensor in local.items():
+        name = name.replace(
+            ".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight"
+        )
+        if not moe:
+            name = name.replace(".pre_mlp_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight")
+        renamed[name] = tensor
+    return renamed
+
+
+def write_megatron_lm_release(full: dict, args: argparse.Namespace, experts, moe: bool) -> None:
+    """A 'release' checkpoint in Megatron-LM's torch format: iter 'release', one
+    mp_rank_TT[_EEE]/model_optim_rng.pt per model-parallel rank, weights only (Megatron-LM
+    skips optimizer and RNG state for a release), vocabulary padded as Megatron-LM pads it."""
+    import torch
+
+    from ..hf.shards import split_state_dict
+
+    multiple = args.make_vocab_size_divisible_by * args.tp
+    padded = dict(full)
+    for name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        if name in padded:
+            rows = padded[name]
+            extra = -rows.shape[0] % multiple
+            padded[name] = torch.cat([rows, rows.new_zeros(extra, rows.shape[1])])
+    root = Path(args.megatron_lm_dir)
+    for place, local in split_state_dict(padded, args.tp, args.ep, experts):
+        name = f"mp_rank_{place['tp_rank']:02d}" + (
+            f"_{place['ep_rank']:03d}" if args.ep > 1 else ""
+        )
+        path = root / "release" / name
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"model": megatron_lm_names(local, args.transformer_impl != "local", moe),
+                 "checkpoint_version": 3.0, "iteration": 0}  # fmt: skip
+        torch.save(state, path / "model_optim_rng.pt")
+    (root / "latest_checkpointed_iteration.txt").write_text("release")
+    print(f"Megatron-LM checkpoint: {root} (pretrain_gpt.py --load {root} --ckpt-format torch "
+          f"--transformer-impl {args.transformer_impl} --tensor-model-parallel-size {args.tp} "
+          f"--expert-model-parallel-size {args.ep})")  # fmt: skip

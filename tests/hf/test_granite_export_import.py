@@ -8,6 +8,7 @@ forward pass on the sharded model, run on two gloo ranks.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,11 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / f"iter_{iteration:07d}"
 
 
-def megatron_logits(rank: int, world_size: int, run_dir: str, tokens: torch.Tensor):
-    """Megatron-Core's forward on this rank's shard of the latest checkpoint (full vocab)."""
+def megatron_logits(
+    rank: int, world_size: int, run_dir: str, tokens: torch.Tensor, files: list[str] | None = None
+):
+    """Megatron-Core's forward on this rank's shard (of the run's latest checkpoint, or of
+    ``files[rank]``), gathered over tensor parallelism: the full (padded) vocabulary."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -53,7 +57,8 @@ def megatron_logits(rank: int, world_size: int, run_dir: str, tokens: torch.Tens
 
     config = PretrainConfig.load(Path(run_dir) / "config.json")
     init_distributed(config)
-    state = torch.load(latest_checkpoint(Path(run_dir)) / f"rank{rank:03d}.pt", weights_only=False)
+    file = files[rank] if files else latest_checkpoint(Path(run_dir)) / f"rank{rank:03d}.pt"
+    state = torch.load(file, weights_only=False)
     vocab = state["model"]["embedding.word_embeddings.weight"].shape[0]
     vocab *= parallel_state.get_tensor_model_parallel_world_size()
     model, _ = build_model(config, vocab, torch.device("cpu"))
@@ -186,6 +191,30 @@ def test_moe_imported_at_ep2_computes_the_hf_logits(runs, tmp_path):
     assert (hf_logits(exported, TOKENS) - reference[0]).abs().max().item() < 1e-4
 
 
+def test_megatron_lm_release_checkpoint_loads_into_megatron(runs, tmp_path):
+    """import-hf --megatron-lm-dir: Megatron-LM's torch-format 'release' layout at TP=2,
+    vocabulary padded to 128 x TP; Megatron-Core's model at TP=2 loads each
+    mp_rank_TT/model_optim_rng.pt and computes the HF logits (padding aside)."""
+    from megatron_power.cli.hf import megatron_lm_names
+
+    exported = runs["exported"]["dense-tp2"]
+    lm = tmp_path / "megatron-lm"
+    megatron_power("import-hf", exported, tmp_path / "run", "--tp", 2, "--megatron-lm-dir", lm,
+                   "--transformer-impl", "local", *SHORT)  # fmt: skip
+    assert (lm / "latest_checkpointed_iteration.txt").read_text() == "release"
+    files = [str(lm / f"release/mp_rank_{tp:02d}/model_optim_rng.pt") for tp in (0, 1)]
+    state = torch.load(files[0], weights_only=False)
+    assert state["checkpoint_version"] == 3.0 and state["iteration"] == 0
+    assert state["model"]["embedding.word_embeddings.weight"].shape[0] == 128  # 256 / TP
+    reference = run_ranks(megatron_logits, 2, str(tmp_path / "run"), TOKENS, files)
+    assert reference[0].shape[-1] == 256
+    assert (hf_logits(exported, TOKENS) - reference[0][..., :96]).abs().max().item() < 1e-4
+    te = megatron_lm_names(state["model"], transformer_engine=True, moe=False)
+    assert "decoder.layers.1.self_attention.linear_qkv.layer_norm_weight" in te
+    assert "decoder.layers.1.mlp.linear_fc1.layer_norm_weight" in te
+    assert not any("layernorm.weight" in name and "final" not in name for name in te)
+
+
 def test_inexpressible_configs_are_refused(tmp_path):
     from megatron_power.hf.granite import granite_config
     from tests.support.gpt import tiny_config
@@ -212,3 +241,26 @@ def test_inexpressible_configs_are_refused(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "megatron-power import-hf: error: DIR: config.json attention_bias=True is not supported"
     ]
+
+
+@pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"), reason="set MEGATRON_LM_DIR")
+def test_release_layout_is_where_megatron_lm_looks(runs, tmp_path):
+    """Megatron-LM's own get_checkpoint_name / read_metadata find every file written."""
+    lm = tmp_path / "lm"
+    megatron_power("import-hf", runs["exported"]["moe-ep2"], tmp_path / "run", "--ep", 2,
+                   "--megatron-lm-dir", lm, *SHORT)  # fmt: skip
+    probe = (
+        "import sys; from megatron.training import checkpointing as c\n"
+        "root = sys.argv[1]\n"
+        "print(c.read_metadata(root + '/latest_checkpointed_iteration.txt'))\n"
+        "for ep in (0, 1): print(c.get_checkpoint_name(root, 0, release=True,"
+        " pipeline_parallel=False, tensor_rank=0, pipeline_rank=0, expert_parallel=True,"
+        " expert_rank=ep))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.environ["MEGATRON_LM_DIR"]}
+    result = subprocess.run([sys.executable, "-c", probe, str(lm)], capture_output=True,
+                            text=True, env=env, check=True)  # fmt: skip
+    lines = result.stdout.strip().splitlines()
+    assert lines[-3] == "(0, True)"
+    for line in lines[-2:]:
+        assert Path(line).is_file(), line
