@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
 warnings.filterwarnings("ignore", message=".*full scope is deprecated.*")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
-from . import coord_check, hf, pretrain, schedule  # noqa: E402
+from . import coord_check, hf, pretrain, schedule, sweep  # noqa: E402
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_parser(subparsers)
     coord_check.add_parser(subparsers)
     schedule.add_parser(subparsers)
+    sweep.add_parsers(subparsers)
     hf.add_parsers(subparsers)
     return parser
 

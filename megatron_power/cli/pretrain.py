@@ -99,6 +99,12 @@ def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     )
     schedule.add_argument("--lr-power-a", type=float, default=DEFAULTS.lr_power_a)
     schedule.add_argument("--lr-power-b", type=float, default=DEFAULTS.lr_power_b)
+    schedule.add_argument(
+        "--lr-power-batch-exponent",
+        type=float,
+        default=DEFAULTS.lr_power_batch_exponent,
+        help="c in eta = a * beta**c * T**b (1: the paper's; `megatron-power fit` estimates it)",
+    )
     schedule.add_argument("--warmup-tokens", type=int, default=DEFAULTS.warmup_tokens)
     schedule.add_argument("--decay-tokens", type=int, default=DEFAULTS.decay_tokens)
     schedule.add_argument(
@@ -160,6 +166,7 @@ def data_and_schedule_fields(args: argparse.Namespace) -> dict:
         lr_decay_style=args.lr_decay_style,
         lr_power_a=args.lr_power_a,
         lr_power_b=args.lr_power_b,
+        lr_power_batch_exponent=args.lr_power_batch_exponent,
         warmup_tokens=args.warmup_tokens,
         decay_tokens=args.decay_tokens,
         decay_shape=args.decay_shape,
@@ -198,6 +205,7 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
 FLAGS = {
     "lr_power_a": "--lr-power-a",
     "lr_power_b": "--lr-power-b",
+    "lr_power_batch_exponent": "--lr-power-batch-exponent",
     "lr_warmup_steps": "--warmup-tokens",
     "wsd_decay_steps": "--decay-tokens",
     "lr_wsd_decay_style": "--decay-shape",

@@ -57,6 +57,7 @@ class PretrainConfig:
     lr_decay_style: str = "power"
     lr_power_a: float = DEFAULT_POWER_A
     lr_power_b: float = DEFAULT_POWER_B
+    lr_power_batch_exponent: float = 1.0  # c in beta**c; 1 is the paper's linear scaling
     warmup_tokens: int = 32_768
     decay_tokens: int = 0  # Power tail / WSD decay; 0 = no tail
     decay_shape: str = "exponential_e"

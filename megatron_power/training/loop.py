@@ -252,6 +252,7 @@ def schedule_settings(config: PretrainConfig) -> ScheduleSettings:
         seq_length=seq,
         lr_power_a=config.lr_power_a,
         lr_power_b=config.lr_power_b,
+        lr_power_batch_exponent=config.lr_power_batch_exponent,
         lr_wsd_cycle_steps=(
             None
             if config.wsd_cycle_tokens is None
@@ -509,6 +510,11 @@ def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, An
         from .plots import plot_run
 
         plot_run(metrics_path, run_dir / "loss_lr.png", floor=meta.get("entropy_rate"))
+        # Megatron-LM's own evaluation line, so sweeps read pretrain and Megatron-LM alike.
+        print(
+            f" validation loss at iteration {config.train_iters} on validation set | "
+            f"lm loss value: {valid_loss:.6E} | lm loss PPL: {math.exp(valid_loss):.6E} |"
+        )
         print(f"validation loss {valid_loss:.4f} nats/token; run directory {run_dir}")
     dist.barrier()
     return summary

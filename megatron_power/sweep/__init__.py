@@ -1,0 +1,1 @@
+"""Proxy sweeps (runner.py) and the power-law fit (fit.py)."""

@@ -1,0 +1,305 @@
+"""Proxy LR sweeps: a grid of runs, each a command, each result a file.
+
+A sweep directory holds ``sweep.json`` (the grid and the command template),
+``results/<run id>.json`` (one per finished run, written atomically, status ok or
+failed with the log's tail), ``logs/<run id>.log`` and ``results.jsonl`` (every record,
+collected). A finished run is never redone; a failed one is kept, and rerun only when
+asked. Locally the runs are processes on a thread pool (one per GPU, or CPU cores /
+threads per run); with SLURM each is one task of a job array running
+``megatron-power sweep --task-index $SLURM_ARRAY_TASK_ID`` on the shared filesystem.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+#: Megatron-LM's evaluation line (training.py evaluate_and_print_results), which
+#: ``megatron-power pretrain`` prints too: `` validation loss at iteration 100 on
+#: validation set | lm loss value: 2.451234E+00 | lm loss PPL: ...``.
+VALIDATION_LOSS = re.compile(
+    r"validation loss at iteration\s+(?P<iteration>\d+)(?P<where>[^|]*)\|\s*lm loss value:\s*"
+    r"(?P<loss>[-+0-9.eEnaNinf]+)"
+)
+
+#: The default proxy: ``megatron-power pretrain`` with WSD (exponential_e decay).
+PRETRAIN_TEMPLATE = (
+    "{python} -m megatron_power.cli.main pretrain --run-dir {run_dir} --lr-decay-style WSD "
+    "--lr {lr} --train-tokens {train_tokens} --global-batch-size {global_batch_size} "
+    "--seq-length {seq_length} --hidden-size {hidden_size} --seed {seed} "
+    "--warmup-tokens {warmup_tokens} --decay-tokens {decay_tokens} --decay-shape exponential_e"
+)
+
+
+@dataclass
+class SweepSpec:
+    """The grid and how to run one cell of it (saved as sweep.json)."""
+
+    lrs: list[float]
+    global_batch_sizes: list[int]
+    train_tokens: list[int]
+    hidden_sizes: list[int] = field(default_factory=lambda: [128])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    seq_length: int = 128
+    warmup_fraction: float = 0.02
+    decay_fraction: float = 0.2
+    template: str = PRETRAIN_TEMPLATE
+    extra_args: str = ""  # appended to the command (e.g. pretrain flags)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run's parameters, in a fixed order (the SLURM array index is the position)."""
+        grid = itertools.product(self.train_tokens, self.global_batch_sizes, self.hidden_sizes,
+                                 self.lrs, self.seeds)  # fmt: skip
+        return [
+            {
+                "lr": lr,
+                "global_batch_size": batch,
+                "train_tokens": tokens,
+                "hidden_size": hidden,
+                "seed": seed,
+                "seq_length": self.seq_length,
+            }
+            for tokens, batch, hidden, lr, seed in grid
+        ]
+
+    def validate(self) -> None:
+        for name in ("lrs", "global_batch_sizes", "train_tokens", "hidden_sizes", "seeds"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"--{name.replace('_', '-')}: give at least one value")
+            if name != "seeds" and any(v <= 0 for v in values):
+                raise ValueError(f"--{name.replace('_', '-')}: values must be > 0")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.decay_fraction <= 1:
+            raise ValueError("--warmup-fraction/--decay-fraction: must lie in [0, 1)")
+        for run in self.runs()[:1]:
+            command(self, run, Path("RUN_DIR"))  # unknown placeholders fail here, not later
+
+
+def run_id(run: dict[str, Any]) -> str:
+    return (f"t{run['train_tokens']}-b{run['global_batch_size']}-h{run['hidden_size']}"
+            f"-lr{run['lr']:g}-s{run['seed']}")  # fmt: skip
+
+
+def placeholders(spec: SweepSpec, run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Everything a command template may name: tokens, and Megatron-LM's samples and iters."""
+    batch_tokens = run["global_batch_size"] * run["seq_length"]
+    iters = max(1, run["train_tokens"] // batch_tokens)
+    warmup_iters = round(iters * spec.warmup_fraction)
+    decay_iters = max(1, round(iters * spec.decay_fraction))
+    return {
+        **run,
+        "id": run_id(run),
+        "run_dir": str(run_dir),
+        "python": sys.executable,
+        "train_iters": iters,
+        "train_samples": iters * run["global_batch_size"],
+        "warmup_iters": warmup_iters,
+        "warmup_samples": warmup_iters * run["global_batch_size"],
+        "warmup_tokens": warmup_iters * batch_tokens,
+        "decay_iters": decay_iters,
+        "decay_samples": decay_iters * run["global_batch_size"],
+        "decay_tokens": decay_iters * batch_tokens,
+    }
+
+
+def command(spec: SweepSpec, run: dict[str, Any], run_dir: Path) -> str:
+    try:
+        text = spec.template.format(**placeholders(spec, run, run_dir))
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"--command: unknown placeholder {error} in the template") from None
+    return f"{text} {spec.extra_args}".strip()
+
+
+def final_validation_loss(log: str) -> float | None:
+    """The last validation-set loss Megatron printed (test-set lines are ignored)."""
+    matches = [m for m in VALIDATION_LOSS.finditer(log) if "test" not in m["where"]]
+    return float(matches[-1]["loss"]) if matches else None
+
+
+# ------------------------------------------------------------------ the directory
+class SweepDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / "sweep.json"
+
+    def save_spec(self, spec: SweepSpec) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "results").mkdir(exist_ok=True)
+        (self.path / "logs").mkdir(exist_ok=True)
+        self.spec_file.write_text(json.dumps(asdict(spec), indent=2) + "\n")
+
+    def load_spec(self) -> SweepSpec:
+        if not self.spec_file.is_file():
+            raise ValueError(f"--sweep-dir: {self.path} has no sweep.json")
+        return SweepSpec(**json.loads(self.spec_file.read_text()))
+
+    def result_file(self, run: dict[str, Any]) -> Path:
+        return self.path / "results" / f"{run_id(run)}.json"
+
+    def result(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        file = self.result_file(run)
+        return json.loads(file.read_text()) if file.is_file() else None
+
+    def pending(self, spec: SweepSpec, retry_failed: bool) -> list[int]:
+        """Indices of runs to do: no result yet, or failed when ``retry_failed``."""
+        todo = []
+        for index, run in enumerate(spec.runs()):
+            result = self.result(run)
+            if result is None or (retry_failed and result["status"] != "ok"):
+                todo.append(index)
+        return todo
+
+    def write_result(self, record: dict[str, Any]) -> None:
+        file = self.path / "results" / f"{record['id']}.json"
+        if file.is_file():  # a failed attempt being retried: keep it beside the new one
+            old = json.loads(file.read_text())
+            file.rename(file.with_name(f"{record['id']}.attempt-{old.get('finished', 0):.0f}.json"))
+        temporary = file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        temporary.replace(file)  # atomic: a reader sees the whole record or none
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Every recorded run (earlier failed attempts included) -> results.jsonl."""
+        records = [
+            json.loads(f.read_text()) for f in sorted((self.path / "results").glob("*.json"))
+        ]
+        lines = "".join(json.dumps(record) + "\n" for record in records)
+        (self.path / "results.jsonl").write_text(lines)
+        return records
+
+
+# ------------------------------------------------------------------- one run
+def run_one(sweep: SweepDir, spec: SweepSpec, index: int, env: dict[str, str] | None = None):
+    """Run grid entry ``index`` to completion and record it; returns the record."""
+    run = spec.runs()[index]
+    identifier = run_id(run)
+    run_dir = sweep.path / "runs" / identifier
+    if spec.template == PRETRAIN_TEMPLATE and run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted attempt left no result: start it over
+    text = command(spec, run, run_dir)
+    log_file = sweep.path / "logs" / f"{identifier}.log"
+    start = time.time()
+    with log_file.open("w") as log:
+        log.write(f"$ {text}\n")
+        log.flush()
+        process = subprocess.run(["bash", "-c", text], stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+    output = log_file.read_text(errors="replace")
+    loss = final_validation_loss(output)
+    ok = process.returncode == 0 and loss is not None and math.isfinite(loss)
+    record = {
+        "id": identifier, "index": index, "params": run, "command": text,
+        "status": "ok" if ok else "failed", "valid_loss": loss,
+        "returncode": process.returncode, "seconds": round(time.time() - start, 2),
+        "finished": time.time(), "log": str(log_file),
+    }  # fmt: skip
+    if not ok:
+        reason = "no validation loss in the log" if process.returncode == 0 else "exit status"
+        record["error"] = f"{reason} {process.returncode}: " + output[-2000:]
+    sweep.write_result(record)
+    return record
+
+
+def default_slots(threads_per_run: int) -> list[dict[str, str]]:
+    """One environment per concurrent run: a GPU each, or a share of the CPU cores."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:
+        gpus = 0
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(gpus)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = max(1, (cores or 1) // threads_per_run)
+    return [{"OMP_NUM_THREADS": str(threads_per_run)} for _ in range(count)]
+
+
+def run_local(
+    sweep: SweepDir,
+    spec: SweepSpec,
+    indices: Sequence[int],
+    slots: list[dict[str, str]],
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``indices`` concurrently, one per slot (environment); records as they finish."""
+    free: Queue = Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def job(index: int) -> dict[str, Any]:
+        slot = free.get()
+        try:
+            return run_one(sweep, spec, index, slot)
+        finally:
+            free.put(slot)
+
+    records = []
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        for future in as_completed([pool.submit(job, index) for index in indices]):
+            record = future.result()
+            records.append(record)
+            if on_done:
+                on_done(record)
+    return records
+
+
+# ------------------------------------------------------------------- SLURM
+def array_ranges(indices: Iterable[int]) -> str:
+    """SLURM's --array syntax for a set of indices: 0-3,7,9-10."""
+    parts, run = [], []
+    for index in sorted(indices):
+        if run and index == run[-1] + 1:
+            run.append(index)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [index]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def sbatch_script(
+    sweep: SweepDir,
+    indices: Sequence[int],
+    max_parallel: int | None,
+    sbatch_options: Sequence[str],
+    setup: str = "",
+) -> str:
+    """A job array: task N runs grid entry N of sweep.json and writes its result file."""
+    array = array_ranges(indices) + (f"%{max_parallel}" if max_parallel else "")
+    path = sweep.path.resolve()
+    lines = [
+        "#!/bin/bash",
+        "#SBATCH --job-name=megatron-power-sweep",
+        f"#SBATCH --array={array}",
+        f"#SBATCH --output={path}/logs/slurm-%A_%a.out",
+        *(f"#SBATCH {option}" for option in sbatch_options),
+        "set -euo pipefail",
+        "# Written by megatron-power sweep --launcher slurm; results land in",
+        f"# {path}/results/, collected with: megatron-power sweep --sweep-dir {path} --collect",
+    ]
+    if setup:
+        lines.append(setup)
+    lines.append(
+        f"exec {sys.executable} -m megatron_power.cli.main sweep --sweep-dir {path} "
+        '--task-index "${SLURM_ARRAY_TASK_ID:?not a SLURM array task}"'
+    )
+    return "\n".join(lines) + "\n"
