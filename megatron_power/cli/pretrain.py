@@ -106,7 +106,12 @@ def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
         help="c in eta = a * beta**c * T**b (1: the paper's; `megatron-power fit` estimates it)",
     )
     schedule.add_argument("--warmup-tokens", type=int, default=DEFAULTS.warmup_tokens)
-    schedule.add_argument("--decay-tokens", type=int, default=DEFAULTS.decay_tokens)
+    schedule.add_argument(
+        "--decay-tokens",
+        type=int,
+        default=None,
+        help="Power tail / WSD decay length; default a fifth of --train-tokens; 0: none",
+    )
     schedule.add_argument(
         "--decay-shape", default=DEFAULTS.decay_shape, choices=[shape.value for shape in DecayShape]
     )

@@ -14,6 +14,9 @@ from typing import Any
 #: so the default stays at the paper's values until the quality benchmark settles it.
 DEFAULT_POWER_A = 4.0
 DEFAULT_POWER_B = -0.51
+#: The Power decay tail's share of the run (exponential_e to min_lr), as PowerLM's final
+#: phase; the default's numbers are in bench/results/default_schedule_2m.md.
+DEFAULT_DECAY_FRACTION = 0.2
 
 
 @dataclass
@@ -59,7 +62,8 @@ class PretrainConfig:
     lr_power_b: float = DEFAULT_POWER_B
     lr_power_batch_exponent: float = 1.0  # c in beta**c; 1 is the paper's linear scaling
     warmup_tokens: int = 32_768
-    decay_tokens: int = 0  # Power tail / WSD decay; 0 = no tail
+    decay_tokens: int | None = None  # Power tail / WSD decay; None = DEFAULT_DECAY_FRACTION
+    # of the run (power, WSD), 0 = no tail
     decay_shape: str = "exponential_e"
     wsd_cycle_tokens: list[int] | None = None
     branch_decay_start_tokens: int | None = None
@@ -81,6 +85,12 @@ class PretrainConfig:
     checkpoint_interval_tokens: int = 500_000
     eval_tokens: int = 16_384
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.decay_tokens is None:  # resolved once, saved in config.json: resumes agree
+            share = DEFAULT_DECAY_FRACTION if self.lr_decay_style in ("power", "WSD") else 0.0
+            steps = round(self.train_tokens * share / self.tokens_per_step)
+            self.decay_tokens = steps * self.tokens_per_step
 
     @property
     def tokens_per_step(self) -> int:
