@@ -1,0 +1,102 @@
+"""Optimal LR vs width under muP and under standard parameterisation (SP).
+
+Two ``megatron-power sweep`` grids (WSD, one token budget, LR x width over an 8x range,
+muP base = the smallest width), then the optimum per width from ``megatron-power fit``'s
+parabola. Goal: under muP the optimum moves at most one x2 grid step over the range, and
+muP's best loss at each width is no worse than SP's. Prints a table and writes
+bench/results/width_transfer.{md,json,png}; finished runs in --work-dir are reused.
+
+    python bench/width_transfer.py     # widths 32-256 x 7 LRs x {muP, SP}: ~15 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def sweep(work: Path, name: str, args, extra: str) -> list[dict]:
+    command = [
+        sys.executable, "-m", "megatron_power.cli.main", "sweep", "--sweep-dir", str(work / name),
+        "--lrs", *map(str, args.lrs), "--hidden-sizes", *map(str, args.widths),
+        "--train-tokens", str(args.train_tokens), "--global-batch-sizes", "16",
+        "--seq-length", "128", "--extra-args", extra, "--threads-per-run", str(args.threads),
+    ]  # fmt: skip
+    subprocess.run(command, check=False)
+    lines = (work / name / "results.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", default="bench/work/width_transfer")
+    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--lrs", type=float, nargs="+",
+                        default=[2.0**-k for k in range(9, 2, -1)])  # fmt: skip
+    parser.add_argument("--train-tokens", type=int, default=204_800)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    from megatron_power.sweep.fit import cells_from_results
+
+    work = Path(args.work_dir)
+    base = min(args.widths)
+    common = f"--num-layers {args.num_layers} --head-dim 16 --mup-base-hidden-size {base}"
+    table = {}
+    for name, extra in (("mup", common), ("sp", f"{common} --no-mup")):
+        cells = cells_from_results(sweep(work, name, args, extra))
+        table[name] = {cell.hidden_size: cell for cell in cells}
+    lines = [
+        f"# Optimal LR vs width, muP vs SP ({args.num_layers} layers, head_dim 16, "
+        f"{args.train_tokens} tokens, WSD; muP base width {base})",
+        "",
+        "| width | muP eta_opt | muP best loss | SP eta_opt | SP best loss | muP - SP loss |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for width in args.widths:
+        mup, sp = table["mup"].get(width), table["sp"].get(width)
+        if mup is None or sp is None:
+            continue
+        edge = lambda cell: "*" if cell.on_edge else ""  # noqa: E731
+        lines.append(f"| {width} | {mup.eta_opt:.4g}{edge(mup)} | {mup.best_loss:.4f} | "
+                     f"{sp.eta_opt:.4g}{edge(sp)} | {sp.best_loss:.4f} | "
+                     f"{mup.best_loss - sp.best_loss:+.4f} |")  # fmt: skip
+    optima = [table["mup"][w].eta_opt for w in args.widths if w in table["mup"]]
+    shift = math.log2(max(optima) / min(optima)) if optima else float("nan")
+    lines += ["", f"muP optimum moves {shift:.2f} x2-steps over {max(args.widths) // base}x width "
+              "(goal <= 1); * = best LR on the grid's edge."]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "width_transfer.md").write_text(text)
+    plot(table, args.widths, RESULTS / "width_transfer.png")
+
+
+def plot(table, widths, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, name in zip(axes, ("mup", "sp"), strict=True):
+        for index, width in enumerate(widths):
+            cell = table[name].get(width)
+            if cell is not None:
+                axis.plot(cell.lrs, cell.losses, marker="o", color=f"C{index}", label=f"{width}")
+        axis.set(xscale="log", xlabel="LR", title="muP" if name == "mup" else "SP")
+        axis.legend(title="width", fontsize=8)
+    axes[0].set_ylabel("validation loss")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
