@@ -42,7 +42,10 @@ def init_distributed(config: PretrainConfig) -> torch.device:
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        if "TORCHELASTIC_RUN_ID" not in os.environ:
+            # A lone process (not torchrun's): a MASTER_PORT inherited from the parent (a
+            # sweep, a SLURM job) would collide with a sibling run's.
+            os.environ["MASTER_PORT"] = str(free_port())
         dist.init_process_group(
             "nccl" if use_cuda else "gloo",
             rank=int(os.environ.get("RANK", 0)),
