@@ -13,7 +13,6 @@ a PNG. Exit status 1 when a module fails.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 
@@ -86,11 +85,10 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
     from ..megatron.coord_check import coordinate_check
     from ..megatron.mup import mup_config_overrides
     from ..training.config import PretrainConfig
-    from ..training.loop import build_model, free_port
+    from ..training.loop import build_model, set_rendezvous_address
 
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        set_rendezvous_address()
         dist.init_process_group("gloo", rank=0, world_size=1)
     parallel_state.initialize_model_parallel()
     from ..megatron.cpu import install_cpu_support

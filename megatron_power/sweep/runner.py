@@ -84,8 +84,7 @@ class SweepSpec:
                 raise ValueError(f"--{name.replace('_', '-')}: values must be > 0")
         if not 0 <= self.warmup_fraction < 1 or not 0 <= self.decay_fraction <= 1:
             raise ValueError("--warmup-fraction/--decay-fraction: must lie in [0, 1)")
-        for run in self.runs()[:1]:
-            command(self, run, Path("RUN_DIR"))  # unknown placeholders fail here, not later
+        command(self, self.runs()[0], Path("RUN_DIR"))  # unknown placeholders fail here
 
 
 def run_id(run: dict[str, Any]) -> str:

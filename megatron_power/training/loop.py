@@ -38,14 +38,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def set_rendezvous_address() -> None:
+    """MASTER_ADDR/PORT for init_process_group: torchrun's when it launched us; a lone
+    process takes a free port, since one inherited from its parent (a sweep, a SLURM job,
+    a test session) would collide with a sibling run's."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
 def init_distributed(config: PretrainConfig) -> torch.device:
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "TORCHELASTIC_RUN_ID" not in os.environ:
-            # A lone process (not torchrun's): a MASTER_PORT inherited from the parent (a
-            # sweep, a SLURM job) would collide with a sibling run's.
-            os.environ["MASTER_PORT"] = str(free_port())
+        set_rendezvous_address()
         dist.init_process_group(
             "nccl" if use_cuda else "gloo",
             rank=int(os.environ.get("RANK", 0)),
