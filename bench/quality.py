@@ -279,11 +279,12 @@ def report_markdown(source: str, fit_report: dict, result: dict, floor: float | 
         f"data: {'the synthetic Markov source' if source == 'markov' else 'Shakespeare'}"
         + (f" (entropy rate {floor:.4f} nats/token)" if floor is not None else "") + ".",
         f"Fit (`megatron-power fit`, WSD sweeps of {len(FIT_LRS)} LRs x batch {FIT_BATCHES} x "
-        f"tokens {FIT_TOKENS}): a = {paper['a']['value']:.4g} "
+        f"tokens {FIT_TOKENS}): paper form (c = 1) a = {paper['a']['value']:.4g} "
         f"[{paper['a']['low']:.3g}, {paper['a']['high']:.3g}], "
         f"b = {paper['b']['value']:.4f} [{paper['b']['low']:.3f}, {paper['b']['high']:.3f}]"
-        + (f"; free batch exponent c = {free['c']['value']:.3f} "
-           f"[{free['c']['low']:.3f}, {free['c']['high']:.3f}], c = 1 "
+        + (f"; with a free batch exponent: a = {free['a']['value']:.4g}, "
+           f"b = {free['b']['value']:.4f} [{free['b']['low']:.3f}, {free['b']['high']:.3f}], "
+           f"c = {free['c']['value']:.3f} [{free['c']['low']:.3f}, {free['c']['high']:.3f}], c = 1 "
            f"{'supported' if fit_report['c_is_one'] else 'rejected'}" if free else "")
         + f". Power flags used unchanged: `{' '.join(result['power_flags'])}`.",
         "",
