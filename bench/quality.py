@@ -33,11 +33,10 @@ import statistics
 import subprocess
 import sys
 import tarfile
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from queue import Queue
 
-from megatron_power.sweep.runner import SweepDir, SweepSpec, default_slots, run_id, run_one
+from megatron_power.schedules.power import PowerLaw
+from megatron_power.sweep.runner import SweepDir, SweepSpec, default_slots, run_id, run_jobs
 
 RESULTS = Path(__file__).parent / "results"
 MODEL_FLAGS = "--num-layers 2 --head-dim 16"
@@ -105,17 +104,12 @@ def chunks(text: str, size: int) -> list[str]:
     return [*pieces, current.strip()] if current.strip() else pieces
 
 
-def entropy_rate(source: str) -> float | None:
-    """The Markov source's entropy (the loss floor) at pretrain's defaults."""
-    if source != "markov":
-        return None
-    from megatron_power.data.markov import MarkovSource
-    from megatron_power.training.config import PretrainConfig
+def entropy_rate(work: Path) -> float | None:
+    """The loss floor the runs' own data recorded (the Markov source's entropy rate)."""
+    from megatron_power.data.indexed import read_meta
 
-    config = PretrainConfig()
-    return MarkovSource(
-        config.vocab_size, config.markov_seed, config.markov_concentration
-    ).entropy_rate()
+    prefix = next((work / "fit" / "runs").iterdir()) / "data" / "tokens"
+    return read_meta(prefix).get("entropy_rate")
 
 
 # ------------------------------------------------------------------------ running
@@ -131,31 +125,20 @@ class Pool:
         self.jobs += [(sweep, spec, i) for i in sweep.pending(spec, retry_failed=False)]
 
     def run(self, what: str) -> None:
+        """The queued runs, longest first, one per CPU slot, with a progress bar."""
         from tqdm import tqdm
 
         jobs = sorted(self.jobs, key=lambda job: -job[1].runs()[job[2]]["train_tokens"])
         self.jobs = []
         if not jobs:
             return
-        free: Queue = Queue()
-        for slot in default_slots(1):
-            free.put(slot)
+        with tqdm(total=len(jobs), desc=what, unit="run") as bar:
 
-        def job(sweep: SweepDir, spec: SweepSpec, index: int) -> dict:
-            slot = free.get()
-            try:
-                return run_one(sweep, spec, index, slot)
-            finally:
-                free.put(slot)
-
-        with (
-            ThreadPoolExecutor(max_workers=free.qsize()) as pool,
-            tqdm(total=len(jobs), desc=what, unit="run") as bar,
-        ):
-            for future in as_completed([pool.submit(job, *j) for j in jobs]):
-                record = future.result()
+            def done(record: dict) -> None:
                 bar.update(1)
                 bar.set_postfix(last=record["id"], loss=record["valid_loss"])
+
+            run_jobs(jobs, default_slots(1), done)
 
 
 def spec(lrs, batches, tokens, extra: str, seeds=(0,)) -> SweepSpec:
@@ -169,9 +152,7 @@ def losses(path: Path, lr: float, batch: int, tokens: int, seeds, diverged_ok=Fa
     """Validation losses of recorded runs. A failed run is infinite when ``diverged_ok``
     (a tuning grid's too-large LR) and an error otherwise: nothing is dropped silently."""
     sweep, values = SweepDir(path), []
-    for seed in seeds:
-        run = {"lr": lr, "global_batch_size": batch, "train_tokens": tokens,
-               "hidden_size": HIDDEN, "seed": seed, "seq_length": SEQ}  # fmt: skip
+    for run in spec([lr], [batch], [tokens], "", seeds).runs():
         record = sweep.result(run)
         if record is not None and record["status"] != "ok" and diverged_ok:
             values.append(math.inf)
@@ -193,23 +174,20 @@ def fit(work: Path, data_flags: str, pool: Pool) -> dict:
     return json.loads((work / "fit.json").read_text())[0]
 
 
-def predicted(report: dict, batch: int, tokens: int) -> float:
-    """The fitted optimal WSD LR of a cell (beta counted in 4096-token sequences)."""
-    from megatron_power.sweep.fit import REFERENCE_SEQ_LENGTH
-
-    beta = batch * SEQ / REFERENCE_SEQ_LENGTH
-    law = report["free_c"] if not report["c_is_one"] and report["free_c"] else report["paper"]
-    c = law["c"]["value"] if law.get("c") else 1.0
-    return law["a"]["value"] * beta**c * tokens ** law["b"]["value"]
+def predicted(law: PowerLaw, batch: int, tokens: int) -> float:
+    """The fitted optimal WSD LR of a cell: the Power flags' law at its budget, uncapped."""
+    return law.lr(tokens=tokens, batch_tokens=batch * SEQ, max_lr=math.inf)
 
 
 def tune(work: Path, data_flags: str, pool: Pool, report: dict) -> dict:
     """Phase 2: per held-out cell, WSD and cosine LR sweeps grown until the best LR is
     interior, then its seeds; Power (fitted and the paper's) with three seeds."""
     power_flags = report["flags"]
-    cap = float(power_flags[power_flags.index("--lr") + 1])
-    fitted = " ".join(f for i, f in enumerate(power_flags)
-                      if f != "--lr" and (i == 0 or power_flags[i - 1] != "--lr"))  # fmt: skip
+    values = dict(zip(power_flags[::2], power_flags[1::2], strict=True))
+    cap = float(values.pop("--lr"))
+    fitted = " ".join(f"{flag} {value}" for flag, value in values.items())
+    law = PowerLaw(a=float(values["--lr-power-a"]), b=float(values["--lr-power-b"]),
+                   batch_exponent=float(values.get("--lr-power-batch-exponent", 1.0)))  # fmt: skip
     extra = {"wsd": f"{MODEL_FLAGS} {data_flags}",
              "cosine": f"{MODEL_FLAGS} {data_flags} --lr-decay-style cosine",
              "power": f"{MODEL_FLAGS} {data_flags} {fitted}",
@@ -217,12 +195,13 @@ def tune(work: Path, data_flags: str, pool: Pool, report: dict) -> dict:
     cells = [(tokens, batch) for tokens in HELD_TOKENS for batch in HELD_BATCHES]
     grids: dict[tuple, list[float]] = {}
     for tokens, batch in cells:
-        centre = 2.0 ** round(math.log2(predicted(report, batch, tokens)))
+        centre = 2.0 ** round(math.log2(predicted(law, batch, tokens)))
         for name in ("wsd", "cosine"):
             grids[tokens, batch, name] = [centre * 2.0**k for k in (-1, 0, 1, 2)]
         for name, lr in (("power", cap), ("paper", PAPER_CAP)):
             pool.add(cell_dir(work, tokens, batch, name),
                      spec([lr], [batch], [tokens], extra[name], SEEDS))  # fmt: skip
+    seed0: dict[tuple, list[float]] = {}
     for round_ in range(6):
         for (tokens, batch, name), lrs in grids.items():
             pool.add(cell_dir(work, tokens, batch, name),
@@ -230,9 +209,10 @@ def tune(work: Path, data_flags: str, pool: Pool, report: dict) -> dict:
         pool.run(f"held-out cells, round {round_}")
         grown = False
         for (tokens, batch, name), lrs in grids.items():
-            values = [losses(cell_dir(work, tokens, batch, name), lr, batch, tokens, [0],
-                             diverged_ok=True)[0] for lr in lrs]  # fmt: skip
-            best = values.index(min(values))
+            seed0[tokens, batch, name] = [
+                losses(cell_dir(work, tokens, batch, name), lr, batch, tokens, [0],
+                       diverged_ok=True)[0] for lr in lrs]  # fmt: skip
+            best = seed0[tokens, batch, name].index(min(seed0[tokens, batch, name]))
             if best in (0, len(lrs) - 1):
                 lrs.insert(0, lrs[0] / 2) if best == 0 else lrs.append(lrs[-1] * 2)
                 grown = True
@@ -242,11 +222,9 @@ def tune(work: Path, data_flags: str, pool: Pool, report: dict) -> dict:
     for tokens, batch in cells:
         row = {"tokens": tokens, "batch": batch}
         for name in ("wsd", "cosine"):
-            lrs = grids[tokens, batch, name]
-            seed0 = [losses(cell_dir(work, tokens, batch, name), lr, batch, tokens, [0],
-                            diverged_ok=True)[0] for lr in lrs]  # fmt: skip
-            best = lrs[seed0.index(min(seed0))]
-            grid = {f"{lr:g}": loss for lr, loss in zip(lrs, seed0, strict=True)}
+            lrs, cell_losses = grids[tokens, batch, name], seed0[tokens, batch, name]
+            best = lrs[cell_losses.index(min(cell_losses))]
+            grid = {f"{lr:g}": loss for lr, loss in zip(lrs, cell_losses, strict=True)}
             row[name] = {"lr": best, "grid": grid}
             pool.add(cell_dir(work, tokens, batch, name),
                      spec([best], [batch], [tokens], extra[name], SEEDS))  # fmt: skip
@@ -293,10 +271,9 @@ def report_markdown(source: str, fit_report: dict, result: dict, floor: float | 
         "found best (seed 0).",
         "",
     ]  # fmt: skip
-    excess = "excess" if floor is not None else None
     header = ["tokens", "batch", "WSD lr", "WSD", "cosine lr", "cosine", "Power (fitted)",
               "Power / best tuned", "paper a=4 b=-0.51", "paper / best tuned"]  # fmt: skip
-    if excess:
+    if floor is not None:
         header[7:7] = ["Power excess / best excess"]
     lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
     ratios, paper_ratios = [], []
@@ -310,7 +287,7 @@ def report_markdown(source: str, fit_report: dict, result: dict, floor: float | 
                  f"{row['wsd']['lr']:.4g}", fmt(row["wsd"]), f"{row['cosine']['lr']:.4g}",
                  fmt(row["cosine"]), fmt(row["power"]), f"{ratio:.4f}", fmt(row["paper"]),
                  f"{paper_ratio:.4f}"]  # fmt: skip
-        if excess:
+        if floor is not None:
             cells[7:7] = [f"{(row['power']['mean'] - floor) / (best - floor):.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     within = sum(r <= 1.01 for r in ratios)
@@ -370,7 +347,7 @@ def main() -> None:
     pool = Pool()
     fit_report = fit(work, data_flags, pool)
     result = tune(work, data_flags, pool, fit_report)
-    floor = entropy_rate(args.source)
+    floor = entropy_rate(work)
     text = report_markdown(args.source, fit_report, result, floor)
     print(text)
     RESULTS.mkdir(exist_ok=True)

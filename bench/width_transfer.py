@@ -73,13 +73,10 @@ def main() -> None:
         lines.append(f"| {width} | {mup.eta_opt:.4g}{edge(mup)} | {mup.best_loss:.4f} | "
                      f"{sp.eta_opt:.4g}{edge(sp)} | {sp.best_loss:.4f} | "
                      f"{mup.best_loss - sp.best_loss:+.4f} |")  # fmt: skip
-    optima = [table["mup"][w].eta_opt for w in args.widths if w in table["mup"]]
-    shift = math.log2(max(optima) / min(optima)) if optima else float("nan")
+    shift, sp_shift = (optimum_shift(table[name]) for name in ("mup", "sp"))
     shared = [w for w in args.widths if w in table["mup"] and w in table["sp"]]
     worse = [w for w in shared if table["mup"][w].best_loss > table["sp"][w].best_loss]
     edges = [f"{n} {w}" for n in table for w, cell in table[n].items() if cell.on_edge]
-    sp_optima = [table["sp"][w].eta_opt for w in args.widths if w in table["sp"]]
-    sp_shift = math.log2(max(sp_optima) / min(sp_optima)) if sp_optima else float("nan")
     lines += ["", f"muP optimum moves {shift:.2f} x2-steps over {max(args.widths) // base}x width "
               f"(goal <= 1); SP's moves {sp_shift:.2f}. muP's best loss is "
               + (f"worse than SP's at widths {worse}" if worse else "no worse than SP's at "
@@ -91,6 +88,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "width_transfer.md").write_text(text)
     plot(table, args.widths, RESULTS / "width_transfer.png")
+
+
+def optimum_shift(cells: dict) -> float:
+    """How far the optimal LR moves over the widths, in x2 grid steps."""
+    optima = [cell.eta_opt for cell in cells.values()]
+    return math.log2(max(optima) / min(optima)) if optima else float("nan")
 
 
 def plot(table, widths, png: Path) -> None:

@@ -238,11 +238,20 @@ def run_local(
     on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``indices`` concurrently, one per slot (environment); records as they finish."""
+    return run_jobs([(sweep, spec, index) for index in indices], slots, on_done)
+
+
+def run_jobs(
+    jobs: Sequence[tuple[SweepDir, SweepSpec, int]],
+    slots: list[dict[str, str]],
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Grid entries of one or several sweeps, one per slot, in the order given."""
     free: Queue = Queue()
     for slot in slots:
         free.put(slot)
 
-    def job(index: int) -> dict[str, Any]:
+    def job(sweep: SweepDir, spec: SweepSpec, index: int) -> dict[str, Any]:
         slot = free.get()
         try:
             return run_one(sweep, spec, index, slot)
@@ -251,7 +260,7 @@ def run_local(
 
     records = []
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        for future in as_completed([pool.submit(job, index) for index in indices]):
+        for future in as_completed([pool.submit(job, *entry) for entry in jobs]):
             record = future.result()
             records.append(record)
             if on_done:
