@@ -16,6 +16,7 @@ bench/results/training_overhead_<device>.{md,json}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -32,32 +33,32 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def setup(config, plugin: bool, device: torch.device, vocab: int):
+    """The plugin's model, optimizer and scheduler (as pretrain builds them), or the same
+    model in standard parameterisation with Megatron's own cosine scheduler."""
     from megatron.core.optimizer import OptimizerConfig, _get_param_groups
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    from megatron_power.megatron import PowerOptimizerParamScheduler
-    from megatron_power.megatron.mup import mup_config_overrides
-    from megatron_power.training.loop import build_model, schedule_settings
+    from megatron_power.training.config import EMBEDDED_MUP
+    from megatron_power.training.model import build_model
+    from megatron_power.training.optimizer import build_optimizer
 
-    config.mup = plugin
+    config = dataclasses.replace(config, mup=dict(EMBEDDED_MUP) if plugin else None)
     model, mup = build_model(config, vocab, device)
-    optimizer_config = OptimizerConfig(optimizer="adam", lr=config.lr, min_lr=0.0, weight_decay=0.1)
-    overrides = mup_config_overrides(model.config, mup, optimizer_config)  # mup None: Megatron's
-    groups = _get_param_groups([model], optimizer_config, overrides)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
     if plugin:
-        scheduler = PowerOptimizerParamScheduler.from_settings(
-            optimizer, schedule_settings(config), start_wd=0.1, end_wd=0.1,
-            use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=False,
-        )  # fmt: skip
-    else:
-        samples = config.train_iters * config.global_batch_size
-        scheduler = OptimizerParamScheduler(
-            optimizer, init_lr=0.0, max_lr=config.lr, min_lr=0.0,
-            lr_warmup_steps=config.warmup_tokens // config.seq_length, lr_decay_steps=samples,
-            lr_decay_style="cosine", start_wd=0.1, end_wd=0.1, wd_incr_steps=samples,
-            wd_incr_style="constant",
-        )  # fmt: skip
+        return (model, *build_optimizer(config, model, mup))
+    settings = config.schedule_settings()
+    optimizer_config = OptimizerConfig(
+        optimizer="adam", lr=settings.max_lr, min_lr=0.0, weight_decay=config.weight_decay
+    )
+    groups = _get_param_groups([model], optimizer_config, None)  # Megatron's standard groups
+    optimizer = torch.optim.AdamW(groups, lr=settings.max_lr, betas=(0.9, config.adam_beta2))
+    samples = config.train_iters * config.global_batch_size
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=settings.max_lr, min_lr=0.0,
+        lr_warmup_steps=settings.lr_warmup_steps, lr_decay_steps=samples,
+        lr_decay_style="cosine", start_wd=config.weight_decay, end_wd=config.weight_decay,
+        wd_incr_steps=samples, wd_incr_style="constant",
+    )  # fmt: skip
     return model, optimizer, scheduler
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from megatron_power.training.config import PretrainConfig
-    from megatron_power.training.loop import init_distributed
+    from megatron_power.training.distributed import init_distributed
 
     config = PretrainConfig(
         hidden_size=args.hidden_size, num_layers=args.num_layers,

@@ -1,11 +1,12 @@
-"""Command-line flags for the schedules, in Megatron-LM's names, and their conversion.
+"""Megatron-LM-style command-line flags, derived from the knob definitions.
 
-Two groups:
+Every schedule flag comes from a :class:`ScheduleSettings` field and every muP flag from
+a :class:`MupConfig` field (:mod:`megatron_power.knobs`): nothing here lists a knob.
 
-* :func:`add_megatron_scheduler_args`: Megatron-LM's own scheduler flags (``--lr``,
-  ``--lr-decay-style``, ``--lr-warmup-samples`` ...), for tools that run without a
-  Megatron-LM tree (``megatron-power schedule``), so users can paste their launch flags.
-* :func:`add_power_args`: the flags this plugin adds (``--lr-power-a`` ...). The
+* :func:`add_megatron_scheduler_args`: Megatron-LM's own scheduler and batch flags, for
+  tools that run without a Megatron-LM tree (``megatron-power schedule``), so users can
+  paste their launch flags.
+* :func:`add_power_args` / :func:`add_mup_args`: the flags this plugin adds. The
   Megatron-LM hooks add only these; Megatron-LM defines the first group itself.
 
 :func:`settings_from_args` turns either into :class:`ScheduleSettings` exactly the way
@@ -15,29 +16,68 @@ Megatron-LM's ``get_optimizer_param_scheduler`` turns iterations into samples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
-from .megatron.settings import ALL_STYLES, ScheduleSettings
-from .schedules.decay import DecayShape
-from .schedules.power import PAPER_A, PAPER_B, PAPER_REFERENCE_SEQ_LENGTH
+from .knobs import Knob, Unit, default_of, flag_naming, knob_of, knobs
+from .mup.rules import MupConfig
+from .schedules.settings import ScheduleSettings
 
-DECAY_SHAPES = [shape.value for shape in DecayShape]
+#: A ScheduleSettings message ``field: ...`` -> ``--flag (field): ...``.
+name_the_flag = flag_naming(ScheduleSettings)
+
+
+def add_knob_argument(
+    group: Any,
+    item: dataclasses.Field,
+    meta: Knob,
+    flag: str,
+    unit: str | None = None,
+    dest: str | None = None,
+) -> None:
+    """One argparse flag for a knob: type, choices, nargs and help from its definition.
+
+    ``unit`` is what a counted knob's flag counts (iters, samples, tokens, fraction);
+    the default is always None (not given), so the knob's own default applies once.
+    """
+    options: dict[str, Any] = {"default": None, "dest": flag.removeprefix("--").replace("-", "_")}
+    default = default_of(item)
+    if isinstance(default, bool):  # a switch: the flag sets the other value
+        options.update(action="store_const", const=not default, dest=dest or options["dest"])
+        group.add_argument(flag, help=f"{meta.help} [{item.name}]", **options)
+        return
+    if meta.choices is not None:
+        options["choices"] = list(meta.choices)
+    elif unit == "fraction":
+        options["type"] = float
+    elif unit is not None or (meta.check is not None and meta.check.integer):
+        options["type"] = int
+    else:
+        options["type"] = float
+    if meta.many:
+        options["nargs"] = "+"
+    if dest is not None:
+        options["dest"] = dest
+    shown = f" (default: {default})" if default is not None and unit is None else ""
+    counted = f" In {unit}." if unit else ""
+    options["help"] = f"{meta.help}{counted}{shown} [{item.name}]"
+    group.add_argument(flag, **options)
+
+
+def _add_knobs(group: Any, cls: Any, megatron_lm_owns: bool) -> None:
+    """The flags Megatron-LM itself defines (``megatron_lm_owns``) or the plugin's."""
+    for item, meta in knobs(cls):
+        for flag in meta.flags():
+            if (flag in meta.megatron_lm_flags()) != megatron_lm_owns:
+                continue
+            unit = flag.rsplit("-", 1)[1] if meta.unit is Unit.SAMPLES else None
+            add_knob_argument(group, item, meta, flag, unit)
 
 
 def add_megatron_scheduler_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Megatron-LM's scheduler and batch flags, with Megatron-LM's defaults."""
+    """Megatron-LM's scheduler and batch flags (for tools without a Megatron-LM tree)."""
     group = parser.add_argument_group("Megatron-LM scheduler flags")
-    group.add_argument("--lr", type=float, default=None, help="Peak (max) learning rate.")
-    group.add_argument("--min-lr", type=float, default=0.0)
-    group.add_argument("--lr-warmup-init", type=float, default=0.0)
-    group.add_argument("--lr-decay-style", default="linear", choices=list(ALL_STYLES))
-    group.add_argument("--lr-decay-iters", type=int, default=None)
-    group.add_argument("--lr-decay-samples", type=int, default=None)
-    group.add_argument("--lr-warmup-fraction", type=float, default=None)
-    group.add_argument("--lr-warmup-iters", type=int, default=0)
-    group.add_argument("--lr-warmup-samples", type=int, default=0)
-    group.add_argument("--lr-wsd-decay-style", default="exponential", choices=DECAY_SHAPES)
-    group.add_argument("--lr-wsd-decay-iters", type=int, default=None)
-    group.add_argument("--lr-wsd-decay-samples", type=int, default=None)
+    _add_knobs(group, ScheduleSettings, megatron_lm_owns=True)
     group.add_argument("--train-iters", type=int, default=None)
     group.add_argument("--train-samples", type=int, default=None)
     group.add_argument("--global-batch-size", type=int, default=None)
@@ -49,87 +89,68 @@ def add_megatron_scheduler_args(parser: argparse.ArgumentParser) -> argparse.Arg
         metavar=("START", "INCREMENT", "RAMPUP_SAMPLES"),
         help="Batch-size ramp, as in Megatron-LM.",
     )
-    group.add_argument("--seq-length", type=int, default=None)
     group.add_argument("--override-opt_param-scheduler", action="store_true")
     group.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true")
     return parser
 
 
 def add_power_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The plugin's flags: Power law, extra decay shapes, WSD-S cycles, branch decay."""
+    """The plugin's schedule flags: every ScheduleSettings knob Megatron-LM lacks."""
     group = parser.add_argument_group("megatron-power scheduler flags")
-    group.add_argument(
-        "--lr-power-a",
-        type=float,
-        default=PAPER_A,
-        help="Power law coefficient a in lr = min(lr, beta * a * tokens**b). Paper: 4.0.",
-    )
-    group.add_argument(
-        "--lr-power-b",
-        type=float,
-        default=PAPER_B,
-        help="Power law exponent b (< 0). Paper: -0.51.",
-    )
-    group.add_argument(
-        "--lr-power-reference-seq-length",
-        type=int,
-        default=PAPER_REFERENCE_SEQ_LENGTH,
-        help="beta counts the global batch in sequences of this many tokens (paper: 4096).",
-    )
-    group.add_argument(
-        "--lr-power-batch-exponent",
-        type=float,
-        default=1.0,
-        help="lr scales as beta**exponent; the paper assumes 1 (linear in batch size).",
-    )
-    group.add_argument(
-        "--lr-decay-half-life-iters",
-        type=int,
-        default=None,
-        help="Half-life of the half_life decay shape (MiniCPM); default fits the window.",
-    )
-    group.add_argument("--lr-decay-half-life-samples", type=int, default=None)
-    group.add_argument(
-        "--lr-wsd-cycle-iters",
-        type=int,
-        nargs="+",
-        default=None,
-        help="WSD-S: decay to --min-lr at each of these iterations, then return to the "
-        "stable LR; each decay lasts --lr-wsd-decay-iters/samples.",
-    )
-    group.add_argument("--lr-wsd-cycle-samples", type=int, nargs="+", default=None)
-    group.add_argument(
-        "--lr-branch-decay-start-iters",
-        type=int,
-        default=None,
-        help="Branch decay: start decaying at this iteration (a stable-phase checkpoint).",
-    )
-    group.add_argument("--lr-branch-decay-start-samples", type=int, default=None)
-    group.add_argument(
-        "--lr-branch-decay-iters",
-        type=int,
-        default=None,
-        help="Branch decay: decay over this many iterations, then hold --min-lr.",
-    )
-    group.add_argument("--lr-branch-decay-samples", type=int, default=None)
-    group.add_argument("--lr-branch-decay-style", default=None, choices=DECAY_SHAPES)
+    _add_knobs(group, ScheduleSettings, megatron_lm_owns=False)
     return parser
 
 
-def _pick(args: argparse.Namespace, stem: str, batch: int | None) -> int | None:
-    """``--<stem>-iters`` (times the global batch) or ``--<stem>-samples``, not both."""
-    iters = getattr(args, f"{stem}_iters", None)
-    samples = getattr(args, f"{stem}_samples", None)
-    flag = "--" + stem.replace("_", "-")
-    if iters is not None and samples is not None:
-        raise ValueError(f"{flag}-iters and {flag}-samples: give one, not both")
+def _given(args: argparse.Namespace, dest: str) -> Any:
+    return getattr(args, dest, None)
+
+
+def _meaningful(value: Any) -> bool:
+    return value is not None and value != 0 and value != []
+
+
+def _counted(
+    args: argparse.Namespace, meta: Knob, batch: int | None, by_iters: bool, horizon: float
+) -> Any:
+    """A SAMPLES knob from ``--X-iters`` (x batch), ``--X-samples`` or ``--X-fraction``.
+
+    Megatron-LM's own flags follow its rule: an iteration-based run reads ``-iters``, a
+    sample-based one ``-samples`` (it refuses the other). The plugin's take either."""
+    stem = meta.flag.removeprefix("--").replace("-", "_")
+    iters, samples = _given(args, f"{stem}_iters"), _given(args, f"{stem}_samples")
+    fraction = _given(args, f"{stem}_fraction") if meta.fraction else None
+    if fraction is not None:
+        if _meaningful(iters) or _meaningful(samples):
+            raise ValueError(f"{meta.flag}-fraction: give it or {meta.flag}-iters/-samples")
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"{meta.flag}-fraction: must be in [0, 1], got {fraction}")
+        return fraction_of_run(meta, fraction, horizon, batch)
+    if _meaningful(iters) and _meaningful(samples):
+        raise ValueError(f"{meta.flag}-iters and {meta.flag}-samples: give one, not both")
+    if meta.megatron_lm_owns:
+        wrong, flag = (samples, "-samples") if by_iters else (iters, "-iters")
+        if _meaningful(wrong):
+            mode = "--train-iters" if by_iters else "--train-samples"
+            raise ValueError(f"{meta.flag}{flag}: does not go with {mode} (Megatron-LM's rule)")
+        use_iters = by_iters
+    else:
+        use_iters = iters is not None
+    if not use_iters:
+        return tuple(samples) if meta.many and samples is not None else samples
     if iters is None:
-        return samples
+        return None
     if batch is None:
-        raise ValueError(f"--global-batch-size: needed to turn {flag}-iters into samples")
-    if isinstance(iters, list):
-        return [value * batch for value in iters]
-    return iters * batch
+        raise ValueError(f"--global-batch-size: needed to turn {meta.flag}-iters into samples")
+    return tuple(item * batch for item in iters) if meta.many else iters * batch
+
+
+def fraction_of_run(meta: Knob, fraction: float, horizon: float, batch: int | None) -> Any:
+    """A fraction of the decay horizon (lr_decay_steps, the run by default). Megatron-LM's
+    warmup fraction stays a float of samples, as Megatron computes it; the plugin's
+    lengths are whole iterations of the global batch."""
+    if meta.flag == "--lr-warmup" or not batch:
+        return fraction * horizon
+    return round(fraction * horizon / batch) * batch
 
 
 def settings_from_args(args: argparse.Namespace) -> ScheduleSettings:
@@ -139,83 +160,33 @@ def settings_from_args(args: argparse.Namespace) -> ScheduleSettings:
         raise ValueError("--lr: required")
     if args.train_iters is not None and args.train_samples is not None:
         raise ValueError("--train-iters and --train-samples: give one, not both")
-    if args.train_iters is not None:
+    by_iters = args.train_iters is not None
+    if by_iters:
         if batch is None:
             raise ValueError("--global-batch-size: needed with --train-iters")
-        decay_iters = args.lr_decay_iters if args.lr_decay_iters is not None else args.train_iters
-        lr_decay_steps = decay_iters * batch
-        wsd_decay_steps = None
-        if args.lr_wsd_decay_iters is not None:
-            wsd_decay_steps = args.lr_wsd_decay_iters * batch
-        warmup_steps = args.lr_warmup_iters * batch
+        run = args.train_iters * batch
     elif args.train_samples is not None:
-        lr_decay_steps = (
-            args.lr_decay_samples if args.lr_decay_samples is not None else args.train_samples
-        )
-        wsd_decay_steps = args.lr_wsd_decay_samples
-        warmup_steps = args.lr_warmup_samples
+        run = args.train_samples
     else:
         raise ValueError("--train-iters or --train-samples: one is required")
-    if args.lr_warmup_fraction is not None:
-        warmup_steps = args.lr_warmup_fraction * lr_decay_steps  # a float, as in Megatron-LM
-    cycles = _pick(args, "lr_wsd_cycle", batch)
+    horizon_meta = knob_of(ScheduleSettings, "lr_decay_steps")
+    horizon = _counted(args, horizon_meta, batch, by_iters, run) or run
+    values: dict[str, Any] = {"lr_decay_steps": horizon}
+    for item, meta in knobs(ScheduleSettings):
+        if item.name == "lr_decay_steps":
+            continue
+        if meta.unit is Unit.SAMPLES:
+            value = _counted(args, meta, batch, by_iters, horizon)
+        else:
+            value = _given(args, meta.dest)
+        if value is not None:
+            values[item.name] = value
+    if not getattr(args, "megatron_power_wsd_decay_style_given", True):
+        values.pop("lr_wsd_decay_style", None)  # Megatron-LM's default, not the user's
     try:
-        return _settings(args, lr_decay_steps, wsd_decay_steps, warmup_steps, cycles, batch)
+        return ScheduleSettings(**values)
     except ValueError as error:
         raise ValueError(name_the_flag(str(error))) from None
-
-
-#: ScheduleSettings field -> the flag(s) a Megatron-LM user sets it with.
-FIELD_FLAGS = {
-    "lr_decay_style": "--lr-decay-style",
-    "max_lr": "--lr",
-    "min_lr": "--min-lr",
-    "init_lr": "--lr-warmup-init",
-    "lr_warmup_steps": "--lr-warmup-iters/--lr-warmup-samples/--lr-warmup-fraction",
-    "lr_decay_steps": "--lr-decay-iters/--lr-decay-samples (default: --train-iters/-samples)",
-    "wsd_decay_steps": "--lr-wsd-decay-iters/--lr-wsd-decay-samples",
-    "lr_wsd_decay_style": "--lr-wsd-decay-style",
-    "seq_length": "--seq-length",
-    "lr_power_a": "--lr-power-a",
-    "lr_power_b": "--lr-power-b",
-    "lr_power_reference_seq_length": "--lr-power-reference-seq-length",
-    "lr_power_batch_exponent": "--lr-power-batch-exponent",
-    "lr_decay_half_life_steps": "--lr-decay-half-life-iters/-samples",
-    "lr_wsd_cycle_steps": "--lr-wsd-cycle-iters/-samples",
-    "lr_branch_decay_start_steps": "--lr-branch-decay-start-iters/-samples",
-    "lr_branch_decay_steps": "--lr-branch-decay-iters/-samples",
-    "lr_branch_decay_style": "--lr-branch-decay-style",
-}
-
-
-def name_the_flag(message: str) -> str:
-    """Prefix a ``field: ...`` message with the flag that sets the field."""
-    field, _, rest = message.partition(":")
-    flag = FIELD_FLAGS.get(field.strip())
-    return f"{flag} ({field}):{rest}" if flag else message
-
-
-def _settings(args, lr_decay_steps, wsd_decay_steps, warmup_steps, cycles, batch):
-    return ScheduleSettings(
-        lr_decay_style=args.lr_decay_style,
-        max_lr=args.lr,
-        min_lr=args.min_lr,
-        init_lr=args.lr_warmup_init,
-        lr_warmup_steps=warmup_steps,
-        lr_decay_steps=lr_decay_steps,
-        wsd_decay_steps=wsd_decay_steps,
-        lr_wsd_decay_style=args.lr_wsd_decay_style,
-        seq_length=args.seq_length,
-        lr_power_a=args.lr_power_a,
-        lr_power_b=args.lr_power_b,
-        lr_power_reference_seq_length=args.lr_power_reference_seq_length,
-        lr_power_batch_exponent=args.lr_power_batch_exponent,
-        lr_decay_half_life_steps=_pick(args, "lr_decay_half_life", batch),
-        lr_wsd_cycle_steps=tuple(cycles) if cycles is not None else None,
-        lr_branch_decay_start_steps=_pick(args, "lr_branch_decay_start", batch),
-        lr_branch_decay_steps=_pick(args, "lr_branch_decay", batch),
-        lr_branch_decay_style=args.lr_branch_decay_style,
-    )
 
 
 def batch_size_at(samples: int, global_batch_size: int, rampup: list[int] | None) -> int:
@@ -231,65 +202,37 @@ def batch_size_at(samples: int, global_batch_size: int, rampup: list[int] | None
     return min(current, global_batch_size)
 
 
+# ------------------------------------------------------------------------------ muP
+#: A MupConfig message ``field: ...`` -> ``--power-mup-<field> (field): ...``.
+name_the_mup_flag = flag_naming(MupConfig)
+
+
 def add_mup_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The plugin's muP flags. Prefixed ``--power-mup`` so they never collide with
     megatron-core 0.17+'s own ``--use-mup``/``--mup-*`` flags (using both is refused)."""
-    from .mup.rules import RESIDUAL_RULES, ROUTER_RULES, WEIGHT_DECAY_RULES
-
     group = parser.add_argument_group("megatron-power muP flags")
     group.add_argument("--power-mup", action="store_true", help="Turn the plugin's muP on.")
-    group.add_argument("--power-mup-base-hidden-size", type=int, default=None,
-                       help="Base width: m = hidden-size / this.")  # fmt: skip
-    group.add_argument("--power-mup-embedding-multiplier", type=float, default=1.0)
-    group.add_argument("--power-mup-residual-multiplier", type=float, default=1.0)
-    group.add_argument("--power-mup-residual-rule", choices=RESIDUAL_RULES, default="constant")
-    group.add_argument("--power-mup-base-num-layers", type=int, default=None)
-    group.add_argument("--power-mup-base-head-dim", type=int, default=None)
-    group.add_argument("--power-mup-attention-scale", type=float, default=None)
-    group.add_argument("--power-mup-logits-scale", type=float, default=None)
-    group.add_argument("--power-mup-init-std", type=float, default=None)
-    group.add_argument("--power-mup-no-depth-scaled-output-init", action="store_true")
-    group.add_argument("--power-mup-base-moe-ffn-hidden-size", type=int, default=None)
-    group.add_argument("--power-mup-router", choices=ROUTER_RULES, default="hidden")
-    group.add_argument("--power-mup-scale-adam-eps", action="store_true")
-    group.add_argument("--power-mup-weight-decay", choices=WEIGHT_DECAY_RULES, default="coupled")
+    for item, meta in knobs(MupConfig):
+        add_knob_argument(group, item, meta, meta.flag)
     return parser
 
 
-def mup_from_args(args: argparse.Namespace):
+def mup_from_args(args: argparse.Namespace) -> MupConfig | None:
     """The MupConfig the flags describe, or None when ``--power-mup`` is off."""
-    from .mup.rules import MupConfig
-
     if not getattr(args, "power_mup", False):
         return None
     if getattr(args, "use_mup", False):
         raise ValueError(
             "--power-mup and --use-mup: Megatron-Core's own muP is on too; use one of them"
         )
-    if args.power_mup_base_hidden_size is None:
+    values = {
+        item.name: _given(args, meta.dest)
+        for item, meta in knobs(MupConfig)
+        if _given(args, meta.dest) is not None
+    }
+    if "base_hidden_size" not in values:
         raise ValueError("--power-mup-base-hidden-size: required with --power-mup")
     try:
-        return MupConfig(
-            base_hidden_size=args.power_mup_base_hidden_size,
-            embedding_multiplier=args.power_mup_embedding_multiplier,
-            residual_multiplier=args.power_mup_residual_multiplier,
-            residual_rule=args.power_mup_residual_rule,
-            base_num_layers=args.power_mup_base_num_layers,
-            base_head_dim=args.power_mup_base_head_dim,
-            attention_scale=args.power_mup_attention_scale,
-            logits_scale=args.power_mup_logits_scale,
-            init_std=args.power_mup_init_std,
-            depth_scaled_output_init=not args.power_mup_no_depth_scaled_output_init,
-            base_moe_ffn_hidden_size=args.power_mup_base_moe_ffn_hidden_size,
-            router=args.power_mup_router,
-            scale_adam_eps=args.power_mup_scale_adam_eps,
-            weight_decay=args.power_mup_weight_decay,
-        )
+        return MupConfig(**values)
     except ValueError as error:
         raise ValueError(name_the_mup_flag(str(error))) from None
-
-
-def name_the_mup_flag(message: str) -> str:
-    """Prefix a MupConfig ``field: ...`` message with its ``--power-mup-*`` flag."""
-    field, _, rest = message.partition(":")
-    return f"--power-mup-{field.strip().replace('_', '-')} ({field}):{rest}"

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .pretrain import add_mup_arguments, mup_from_args
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,13 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", choices=["dense", "moe"], default="dense")
     parser.add_argument("--widths", type=int, nargs="+", default=[128, 256, 512, 1024])
-    parser.add_argument("--base-hidden-size", type=int, default=None,
-                        help="muP base width (default: the smallest width)")  # fmt: skip
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=16)
-    parser.add_argument("--embedding-multiplier", type=float, default=4.0)
-    parser.add_argument("--residual-multiplier", type=float, default=0.5)
-    parser.add_argument("--no-mup", action="store_true", help="standard parameterisation")
+    add_mup_arguments(parser)  # pretrain's muP flags; the base width defaults to the smallest
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=4)
@@ -44,21 +42,24 @@ def run(args: argparse.Namespace) -> int:
     widths = sorted(args.widths)
     if len(widths) < 2 or widths[-1] < 2 * widths[0]:
         raise ValueError("--widths: give two or more widths spanning at least 2x")
-    base = args.base_hidden_size or widths[0]
     if any(width % args.head_dim for width in widths):
         raise ValueError(f"--head-dim: {args.head_dim} must divide every width")
     from ..mup.rules import MupConfig
+    from ..training.config import name_the_mup_flag
 
-    mup = None
-    if not args.no_mup:
-        mup = MupConfig(
-            base_hidden_size=base,
-            embedding_multiplier=args.embedding_multiplier,
-            residual_multiplier=args.residual_multiplier,
-        )
+    mup = mup_from_args(args)
+    if mup is not None:
+        if args.mup_base_hidden_size is None:
+            mup["base_hidden_size"] = widths[0]
+        try:
+            mup = MupConfig.from_dict(mup)
+        except ValueError as error:
+            raise ValueError(name_the_mup_flag(str(error))) from None
         for width in widths:
-            if width % base:
-                raise ValueError(f"--base-hidden-size: {base} does not divide width {width}")
+            if width % mup.base_hidden_size:
+                raise ValueError(
+                    f"--mup-base-hidden-size: {mup.base_hidden_size} does not divide width {width}"
+                )
     means = measure(args, widths, mup)
     from ..mup.coord_check import judge
 
@@ -85,7 +86,8 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
     from ..megatron.coord_check import coordinate_check
     from ..megatron.mup import mup_config_overrides
     from ..training.config import PretrainConfig
-    from ..training.loop import build_model, set_rendezvous_address
+    from ..training.distributed import set_rendezvous_address
+    from ..training.model import build_model
 
     if not dist.is_initialized():
         set_rendezvous_address()
@@ -100,10 +102,8 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
     def build(width: int, seed: int):
         config = PretrainConfig(
             model=args.model, hidden_size=width, num_layers=args.num_layers,
-            head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=seq, mup=mup is not None,
-            mup_base_hidden_size=mup.base_hidden_size if mup else width,
-            mup_embedding_multiplier=args.embedding_multiplier,
-            mup_residual_multiplier=args.residual_multiplier, seed=seed, num_experts=4,
+            head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=seq,
+            mup=None if mup is None else mup.to_dict(), seed=seed, num_experts=4,
         )  # fmt: skip
         model, _ = build_model(config, source.vocab_size, torch.device("cpu"))
         optimizer_config = OptimizerConfig(

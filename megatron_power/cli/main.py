@@ -6,20 +6,14 @@ Every usage error is one line on stderr and exit status 2, before any work start
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import warnings
 from collections.abc import Sequence
 
-# Import-time notices from Megatron-Core and torch that are expected on a CPU machine
-# without TE/apex/absl; a one-line error must stay one line.
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-warnings.filterwarnings("ignore", message=".*absl.logging is not installed.*")
-warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
-warnings.filterwarnings("ignore", message=".*full scope is deprecated.*")
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from .. import notices
 
-from . import coord_check, hf, pretrain, schedule, sweep  # noqa: E402
+notices.quiet()
+
+from . import coord_check, hf, mup_audit, pretrain, schedule, sweep  # noqa: E402
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -39,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain.add_parser(subparsers)
     coord_check.add_parser(subparsers)
+    mup_audit.add_parser(subparsers)
     schedule.add_parser(subparsers)
     sweep.add_parsers(subparsers)
     hf.add_parsers(subparsers)

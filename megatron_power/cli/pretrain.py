@@ -6,6 +6,13 @@ cores. ``--nproc 2 --tp 2`` (or ``--model moe --nproc 2 --ep 2``) runs it throug
 torchrun. The run directory holds config.json, metrics.jsonl, checkpoints/ and
 loss_lr.png.
 
+The schedule flags are Megatron-LM's, counted in tokens; each has the same default as in
+Megatron-LM and ``megatron-power schedule``. Without ``--lr`` the embedded default
+schedule applies (your other schedule flags on top):
+  {embedded_schedule}
+Without ``--mup-base-hidden-size`` the embedded model's muP applies:
+  {embedded_mup}
+
     megatron-power pretrain                                  # the embedded default
     megatron-power pretrain --run-dir runs/a --exit-interval 50   # stop early ...
     megatron-power pretrain --resume runs/a                  # ... and continue exactly
@@ -21,18 +28,39 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from ..schedules.decay import DecayShape
-from ..training.config import PretrainConfig
+from ..arguments import add_knob_argument
+from ..knobs import Unit, knob_of, knobs
+from ..mup.rules import MupConfig
+from ..schedules.settings import ScheduleSettings
+from ..training.config import EMBEDDED_MUP, EMBEDDED_SCHEDULE, PretrainConfig, fraction_key
+from ..training.rundir import RunDir, iteration_of, run_of_checkpoint
 
 DEFAULTS = PretrainConfig()
+
+
+def embedded_flags(values: dict[str, Any], cls: Any) -> list[str]:
+    """Pretrain flags that spell out a dict of knob values (fractions as -fraction)."""
+    flags: list[str] = []
+    for name, value in values.items():
+        meta = knob_of(cls, name.removesuffix("_fraction"))
+        flag = meta.pretrain_fraction_flag if name.endswith("_fraction") else meta.pretrain_flag
+        flags += [flag, str(value)]
+    return flags
+
+
+EMBEDDED_DEFAULT = embedded_flags(EMBEDDED_SCHEDULE, ScheduleSettings)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pretrain",
         help="Train a small GPT with Power + muP on real Megatron-Core (CPU or GPU).",
-        description=__doc__,
+        description=__doc__.format(
+            embedded_schedule=" ".join(EMBEDDED_DEFAULT),
+            embedded_mup=" ".join(embedded_flags(EMBEDDED_MUP, MupConfig)),
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run = parser.add_argument_group("run")
@@ -67,14 +95,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--head-dim", type=int, default=DEFAULTS.head_dim)
     model.add_argument("--num-experts", type=int, default=DEFAULTS.num_experts)
     model.add_argument("--seq-length", type=int, default=DEFAULTS.seq_length)
-    model.add_argument("--no-mup", action="store_true", help="standard parameterisation")
-    model.add_argument("--mup-base-hidden-size", type=int, default=DEFAULTS.mup_base_hidden_size)
+    add_mup_arguments(parser)
     add_data_and_schedule_arguments(parser)
     parser.set_defaults(handler=run_pretrain)
 
 
+def add_mup_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--no-mup`` and every MupConfig knob as ``--mup-*`` (shared with ``import-hf``)."""
+    group = parser.add_argument_group("muP (MupConfig knobs)")
+    group.add_argument("--no-mup", action="store_true", help="standard parameterisation")
+    for item, meta in knobs(MupConfig):
+        add_knob_argument(group, item, meta, meta.pretrain_flag)
+
+
 def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data and schedule flags (shared with ``import-hf``, whose runs continue here)."""
+    """The data and schedule flags (shared with ``import-hf``, whose runs continue here).
+    The schedule flags are the ScheduleSettings knobs, counted in tokens."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data",
@@ -87,50 +123,72 @@ def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="SentencePiece model for --data text (trained on the fly if absent)",
     )
-    schedule = parser.add_argument_group("schedule (tokens)")
+    schedule = parser.add_argument_group("schedule (ScheduleSettings knobs, in tokens)")
     schedule.add_argument("--train-tokens", type=int, default=DEFAULTS.train_tokens)
     schedule.add_argument("--global-batch-size", type=int, default=DEFAULTS.global_batch_size)
-    schedule.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    schedule.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr)
-    schedule.add_argument(
-        "--lr-decay-style",
-        default=DEFAULTS.lr_decay_style,
-        choices=["power", "WSD", "cosine", "linear", "constant"],
-    )
-    schedule.add_argument("--lr-power-a", type=float, default=DEFAULTS.lr_power_a)
-    schedule.add_argument("--lr-power-b", type=float, default=DEFAULTS.lr_power_b)
-    schedule.add_argument(
-        "--lr-power-batch-exponent",
-        type=float,
-        default=DEFAULTS.lr_power_batch_exponent,
-        help="c in eta = a * beta**c * T**b (1: the paper's; `megatron-power fit` estimates it)",
-    )
-    schedule.add_argument("--warmup-tokens", type=int, default=DEFAULTS.warmup_tokens)
-    schedule.add_argument(
-        "--decay-tokens",
-        type=int,
-        default=None,
-        help="Power tail / WSD decay length; default a fifth of --train-tokens; 0: none",
-    )
-    schedule.add_argument(
-        "--decay-shape", default=DEFAULTS.decay_shape, choices=[shape.value for shape in DecayShape]
-    )
-    schedule.add_argument("--wsd-cycle-tokens", type=int, nargs="+", default=None)
-    schedule.add_argument(
-        "--branch-decay-tokens",
-        type=int,
-        default=None,
-        help="with --init-from: decay over this many tokens from the checkpoint",
-    )
+    for item, meta in knobs(ScheduleSettings):
+        if meta.pretrain_flag:
+            unit = "tokens" if meta.unit is Unit.SAMPLES else None
+            add_knob_argument(schedule, item, meta, meta.pretrain_flag, unit)
+        if meta.pretrain_fraction_flag:
+            add_knob_argument(schedule, item, meta, meta.pretrain_fraction_flag, "fraction")
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The schedule knobs the flags set, in tokens (a fraction under its own key); without
+    ``--lr``, on top of the embedded default schedule."""
+    values: dict[str, Any] = {}
+    for item, meta in knobs(ScheduleSettings):
+        given = getattr(args, _dest(meta.pretrain_flag), None) if meta.pretrain_flag else None
+        share = None
+        if meta.pretrain_fraction_flag:
+            share = getattr(args, _dest(meta.pretrain_fraction_flag), None)
+        if given is not None and share is not None:
+            raise ValueError(
+                f"{meta.pretrain_flag} and {meta.pretrain_fraction_flag}: give one, not both"
+            )
+        if given is not None:
+            values[item.name] = given
+        if share is not None:
+            values[fraction_key(item.name)] = share
+    if "max_lr" in values:
+        return values
+    embedded = {  # the embedded default, less what the flags set (in either unit)
+        name: value
+        for name, value in EMBEDDED_SCHEDULE.items()
+        if name.removesuffix("_fraction") not in {key.removesuffix("_fraction") for key in values}
+    }
+    return {**embedded, **values}
+
+
+def mup_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The muP knobs (the embedded model's without --mup-base-hidden-size); None: SP."""
+    values = {
+        item.name: getattr(args, _dest(meta.pretrain_flag))
+        for item, meta in knobs(MupConfig)
+        if getattr(args, _dest(meta.pretrain_flag), None) is not None
+    }
+    if args.no_mup:
+        if values:
+            flag = knob_of(MupConfig, next(iter(values))).pretrain_flag
+            raise ValueError(f"{flag}: not applied with --no-mup (standard parameterisation)")
+        return None
+    if "base_hidden_size" not in values:
+        values = {**EMBEDDED_MUP, **values}
+    return values
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | None]:
     """The resolved config (and the checkpoint to start from), validated before any work."""
     if args.resume:
-        resume = Path(args.resume)
-        if not (resume / "config.json").is_file():
-            raise ValueError(f"--resume: {resume} has no config.json")
-        config = PretrainConfig.load(resume / "config.json")
+        resume = RunDir(args.resume)
+        if not resume.config.is_file():
+            raise ValueError(f"--resume: {resume.path} has no config.json")
+        config = PretrainConfig.load(resume.config)
         config.exit_interval = args.exit_interval  # a stop is per invocation, not per run
         return config, None
     init_from = Path(args.init_from) if args.init_from else None
@@ -141,14 +199,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
     config = PretrainConfig(
         run_dir=args.run_dir or DEFAULTS.run_dir,
         **data_and_schedule_fields(args),
+        mup=mup_from_args(args),
         model=args.model,
         hidden_size=args.hidden_size,
         num_layers=args.num_layers,
         head_dim=args.head_dim,
         num_experts=args.num_experts,
         seq_length=args.seq_length,
-        mup=not args.no_mup,
-        mup_base_hidden_size=args.mup_base_hidden_size,
         seed=args.seed,
         nproc=args.nproc,
         tensor_model_parallel_size=args.tp,
@@ -156,7 +213,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
         device=args.device,
         exit_interval=args.exit_interval,
     )
-    validate(config)
+    config.validate()
     return config, None
 
 
@@ -166,16 +223,7 @@ def data_and_schedule_fields(args: argparse.Namespace) -> dict:
         data=args.data,
         vocab_size=args.vocab_size,
         tokenizer_model=args.tokenizer_model,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        lr_decay_style=args.lr_decay_style,
-        lr_power_a=args.lr_power_a,
-        lr_power_b=args.lr_power_b,
-        lr_power_batch_exponent=args.lr_power_batch_exponent,
-        warmup_tokens=args.warmup_tokens,
-        decay_tokens=args.decay_tokens,
-        decay_shape=args.decay_shape,
-        wsd_cycle_tokens=args.wsd_cycle_tokens,
+        schedule=schedule_from_args(args),
         train_tokens=args.train_tokens,
         global_batch_size=args.global_batch_size,
     )
@@ -183,92 +231,40 @@ def data_and_schedule_fields(args: argparse.Namespace) -> dict:
 
 def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
     """A run that starts from a trunk checkpoint and decays over --branch-decay-tokens."""
-    trunk_dir = init_from.parent.parent
-    if not (trunk_dir / "config.json").is_file() or not init_from.name.startswith("iter_"):
+    trunk = run_of_checkpoint(init_from)
+    if trunk is None:
         raise ValueError(f"--init-from: {init_from} is not a run's checkpoints/iter_N directory")
     if args.branch_decay_tokens is None or args.run_dir is None:
         raise ValueError("--init-from: give --run-dir for the branch and --branch-decay-tokens")
-    trunk = PretrainConfig.load(trunk_dir / "config.json")
-    start_tokens = int(init_from.name.removeprefix("iter_")) * trunk.tokens_per_step
+    config = PretrainConfig.load(trunk.config)
+    start_tokens = iteration_of(init_from) * config.tokens_per_step
+    schedule = dict(config.schedule)
+    schedule.update(
+        lr_branch_decay_start_steps=start_tokens, lr_branch_decay_steps=args.branch_decay_tokens
+    )
+    for name in ("lr_wsd_decay_style", "lr_branch_decay_style"):  # shapes may be chosen anew
+        flag = knob_of(ScheduleSettings, name).pretrain_flag
+        if getattr(args, _dest(flag)) is not None:
+            schedule[name] = getattr(args, _dest(flag))
     config = dataclasses.replace(
-        trunk,
+        config,
         run_dir=args.run_dir,
-        data_dir=trunk.data_dir or str(trunk_dir / "data"),
-        branch_decay_start_tokens=start_tokens,
-        branch_decay_tokens=args.branch_decay_tokens,
+        data_dir=config.data_dir or str(trunk.data),
+        schedule=schedule,
         train_tokens=start_tokens + args.branch_decay_tokens,
-        decay_shape=args.decay_shape
-        if args.decay_shape != DEFAULTS.decay_shape
-        else trunk.decay_shape,
         exit_interval=None,
     )
-    validate(config)
+    config.validate()
     return config
-
-
-#: PretrainConfig / ScheduleSettings field -> the pretrain flag that sets it.
-FLAGS = {
-    "lr_power_a": "--lr-power-a",
-    "lr_power_b": "--lr-power-b",
-    "lr_power_batch_exponent": "--lr-power-batch-exponent",
-    "lr_warmup_steps": "--warmup-tokens",
-    "wsd_decay_steps": "--decay-tokens",
-    "lr_wsd_decay_style": "--decay-shape",
-    "lr_wsd_cycle_steps": "--wsd-cycle-tokens",
-    "lr_branch_decay_steps": "--branch-decay-tokens",
-    "lr_branch_decay_start_steps": "--init-from",
-    "max_lr": "--lr",
-    "min_lr": "--min-lr",
-    "lr_decay_style": "--lr-decay-style",
-    "base_hidden_size": "--mup-base-hidden-size",
-}
-
-
-def validate(config: PretrainConfig) -> None:
-    """Every check that can fail, before any process starts."""
-    from ..mup.rules import ModelShape
-    from ..training.loop import mup_config, schedule_settings
-
-    positive = {
-        "--hidden-size": config.hidden_size, "--num-layers": config.num_layers,
-        "--head-dim": config.head_dim, "--seq-length": config.seq_length,
-        "--train-tokens": config.train_tokens, "--global-batch-size": config.global_batch_size,
-        "--nproc": config.nproc, "--tp": config.tensor_model_parallel_size,
-        "--ep": config.expert_model_parallel_size, "--vocab-size": config.vocab_size,
-    }  # fmt: skip
-    for flag, value in positive.items():
-        if value < 1:
-            raise ValueError(f"{flag}: must be >= 1, got {value}")
-    if config.hidden_size % config.head_dim:
-        raise ValueError(f"--head-dim: {config.head_dim} does not divide --hidden-size")
-    model_parallel = config.tensor_model_parallel_size * config.expert_model_parallel_size
-    if config.nproc % model_parallel:
-        raise ValueError(f"--nproc: {config.nproc} is not a multiple of --tp x --ep")
-    if config.expert_model_parallel_size > 1 and config.model != "moe":
-        raise ValueError("--ep: expert parallelism needs --model moe")
-    if config.model == "moe" and config.num_experts % config.expert_model_parallel_size:
-        raise ValueError("--num-experts: not divisible by --ep")
-    if config.train_tokens < config.tokens_per_step:
-        raise ValueError("--train-tokens: shorter than one step (global batch x seq length)")
-    if config.data != "markov" and not Path(config.data).is_file():
-        raise ValueError(f"--data: no such file: {config.data}")
-    try:
-        schedule_settings(config)
-        mup = mup_config(config)
-        if mup is not None:
-            mup.resolve(ModelShape(config.hidden_size, config.num_layers, config.head_dim))
-    except ValueError as error:
-        field, _, rest = str(error).partition(":")
-        raise ValueError(f"{FLAGS.get(field.strip(), field)}:{rest}") from None
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
     config, init_from = config_from_args(args)
-    run_dir = Path(config.run_dir)
-    if not args.resume and init_from is None and (run_dir / "checkpoints").exists():
-        raise ValueError(f"--run-dir: {run_dir} already has checkpoints; use --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
+    run = RunDir(config.run_dir)
+    if not args.resume and init_from is None and run.has_checkpoints():
+        raise ValueError(f"--run-dir: {run.path} already has checkpoints; use --resume {run.path}")
+    run.path.mkdir(parents=True, exist_ok=True)
+    config.save(run.config)
     if config.nproc == 1:
         from ..training.loop import train
 
@@ -277,7 +273,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc-per-node", str(config.nproc),
-        "-m", "megatron_power.training.loop", str(run_dir / "config.json"),
+        "-m", "megatron_power.training.worker", str(run.config),
     ]  # fmt: skip
     if init_from is not None:
         command.append(str(init_from))

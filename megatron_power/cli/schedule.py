@@ -26,7 +26,7 @@ from ..arguments import (
     settings_from_args,
 )
 from ..megatron.scheduler import PowerOptimizerParamScheduler
-from ..megatron.settings import ScheduleSettings
+from ..schedules.settings import ScheduleSettings
 
 #: PowerLM-3B (paper Table 1): 1.25T tokens at 1024 x 4096 tokens per step.
 EMBEDDED_DEFAULT = [

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..mup.rules import MupConfig
+
 ARCHITECTURES = {"dense": ("GraniteForCausalLM", "granite"),
                  "moe": ("GraniteMoeForCausalLM", "granitemoe")}  # fmt: skip
 
@@ -136,10 +138,7 @@ def granite_config(
         "attention_bias": False,
         "attention_dropout": 0.0,
         "initializer_range": megatron_config.init_method_std,
-        "embedding_multiplier": mup_rules.embedding_multiplier if mup_rules else 1.0,
-        "residual_multiplier": mup_rules.residual_multiplier if mup_rules else 1.0,
-        "attention_multiplier": softmax_scale,
-        "logits_scaling": mup_rules.logits_divisor if mup_rules else 1.0,
+        **granite_scalars(mup_rules, softmax_scale),
         "torch_dtype": "float32",
         "use_cache": True,
     }
@@ -155,6 +154,46 @@ def granite_config(
     else:
         config["mlp_bias"] = False
     return config
+
+
+def granite_scalars(mup_rules: Any | None, softmax_scale: float) -> dict[str, float]:
+    """Resolved muP rules -> Granite's four scalars (all neutral without muP)."""
+    return {
+        "embedding_multiplier": mup_rules.embedding_multiplier if mup_rules else 1.0,
+        "residual_multiplier": mup_rules.residual_multiplier if mup_rules else 1.0,
+        "attention_multiplier": softmax_scale,
+        "logits_scaling": mup_rules.logits_divisor if mup_rules else 1.0,
+    }
+
+
+def mup_from_granite(hf: dict[str, Any], base_hidden_size: int | None) -> dict[str, Any] | None:
+    """Granite's four scalars -> the MupConfig knobs that reproduce them (None: all are
+    neutral, standard parameterisation). The base width defaults to hidden / logits_scaling,
+    the width ratio muP divides the logits by."""
+    hidden = hf["hidden_size"]
+    head_dim = hidden // hf["num_attention_heads"]
+    embedding = hf.get("embedding_multiplier", 1.0)
+    residual = hf.get("residual_multiplier", 1.0)
+    attention = hf.get("attention_multiplier", head_dim**-0.5)
+    logits = hf.get("logits_scaling", 1.0)
+    if (embedding, residual, logits) == (1.0, 1.0, 1.0) and abs(attention - head_dim**-0.5) < 1e-12:
+        return None
+    if base_hidden_size is None:
+        ratio = hidden / logits
+        if abs(ratio - round(ratio)) > 1e-6 or hidden % round(ratio):
+            raise ValueError(
+                f"--mup-base-hidden-size: hidden_size / logits_scaling = {ratio:g} is not a "
+                "divisor of hidden_size; give the base width"
+            )
+        base_hidden_size = round(ratio)
+    mup = MupConfig.granite(
+        base_hidden_size=base_hidden_size,
+        embedding_multiplier=embedding,
+        residual_multiplier=residual,
+        attention_multiplier=attention,
+        logits_scaling=logits,
+    )
+    return {name: value for name, value in mup.to_dict().items() if value is not None}
 
 
 def shape_of(config: dict[str, Any]) -> GraniteShape:

@@ -30,7 +30,7 @@ import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.utils import init_method_normal
 
-from ..mup.rules import ModelShape, MupConfig, MupRules, ParamRole
+from ..mup.rules import ModelShape, MupConfig, MupRules, ParamRole, role_of
 
 __all__ = [
     "MupConfig",
@@ -97,25 +97,11 @@ def mup_transformer_config(config: TransformerConfig, mup: MupConfig | None) -> 
 
 
 def classify_parameter(name: str, param: torch.nn.Parameter) -> ParamRole:
-    """The muP role of a Megatron-Core GPT / MoE parameter, from its name and shape."""
-    if getattr(param, "shared_embedding", False) or ".word_embeddings." in f".{name}":
+    """The muP role of a Megatron-Core parameter: a tied readout copy (flagged by Megatron)
+    is the embedding; every other parameter by the explicit table (unknown: an error)."""
+    if getattr(param, "shared_embedding", False):
         return ParamRole.EMBEDDING
-    if "position_embeddings" in name:
-        return ParamRole.EMBEDDING
-    if param.dim() <= 1 or name.endswith(".bias") or "norm" in name.rsplit(".", 1)[-1]:
-        return ParamRole.VECTOR
-    if name.startswith("output_layer.") or ".output_layer." in name:
-        return ParamRole.READOUT
-    if ".router." in name:
-        return ParamRole.ROUTER
-    if ".experts." in name and "shared_experts" not in name:
-        if "linear_fc1" in name or name.endswith("weight1"):
-            return ParamRole.EXPERT_FC1
-        if "linear_fc2" in name or name.endswith("weight2"):
-            return ParamRole.EXPERT_FC2
-    if "linear_proj" in name or "linear_fc2" in name:
-        return ParamRole.OUTPUT_PROJECTION
-    return ParamRole.HIDDEN
+    return role_of(name)
 
 
 def _built_init_std(role: ParamRole, rules: MupRules) -> float | None:

@@ -24,13 +24,14 @@ every step). Each param group's ``max_lr``/``min_lr`` (0.16+) and ``lr_mult`` (u
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from ..schedules.schedule import LRPoint, Schedule
-from .settings import ScheduleSettings
+from ..schedules.settings import ScheduleSettings
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +83,14 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         wsd_decay_steps: int | None = None,
         lr_wsd_decay_style: str | None = None,
         *,
-        seq_length: int | None = None,
-        lr_power_a: float = ScheduleSettings.lr_power_a,
-        lr_power_b: float = ScheduleSettings.lr_power_b,
-        lr_power_reference_seq_length: int = ScheduleSettings.lr_power_reference_seq_length,
-        lr_power_batch_exponent: float = ScheduleSettings.lr_power_batch_exponent,
-        lr_decay_half_life_steps: int | None = None,
-        lr_wsd_cycle_steps: list[int] | tuple[int, ...] | None = None,
-        lr_branch_decay_start_steps: int | None = None,
-        lr_branch_decay_steps: int | None = None,
-        lr_branch_decay_style: str | None = None,
         global_batch_size: int | None = None,
+        **plugin_options: Any,
     ) -> None:
+        """Megatron's arguments, then the plugin's ScheduleSettings fields by keyword
+        (``seq_length``, ``lr_power_a`` ...); each defaults as ScheduleSettings says."""
+        unknown = set(plugin_options) - {f.name for f in dataclasses.fields(ScheduleSettings)}
+        if unknown:
+            raise TypeError(f"PowerOptimizerParamScheduler: unknown option {sorted(unknown)[0]!r}")
         settings = ScheduleSettings(
             lr_decay_style=lr_decay_style,
             max_lr=float(max_lr),
@@ -103,16 +100,7 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
             lr_decay_steps=lr_decay_steps,
             wsd_decay_steps=wsd_decay_steps,
             lr_wsd_decay_style=lr_wsd_decay_style,
-            seq_length=seq_length,
-            lr_power_a=lr_power_a,
-            lr_power_b=lr_power_b,
-            lr_power_reference_seq_length=lr_power_reference_seq_length,
-            lr_power_batch_exponent=lr_power_batch_exponent,
-            lr_decay_half_life_steps=lr_decay_half_life_steps,
-            lr_wsd_cycle_steps=lr_wsd_cycle_steps,
-            lr_branch_decay_start_steps=lr_branch_decay_start_steps,
-            lr_branch_decay_steps=lr_branch_decay_steps,
-            lr_branch_decay_style=lr_branch_decay_style,
+            **plugin_options,
         )
         if global_batch_size is not None and not global_batch_size > 0:
             raise ValueError(f"global_batch_size: must be > 0, got {global_batch_size}")
@@ -137,7 +125,7 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
             use_checkpoint_opt_param_scheduler,
             override_opt_param_scheduler,
             wsd_decay_steps,
-            lr_wsd_decay_style,
+            settings.decay_shape.value,  # Megatron's WSD reads its shape; None is the default
         )
 
     @classmethod
@@ -259,7 +247,7 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
             else settings.lr_warmup_steps + 1
         )
         self.wsd_decay_steps = settings.wsd_decay_steps
-        self.lr_wsd_decay_style = settings.lr_wsd_decay_style
+        self.lr_wsd_decay_style = settings.decay_shape.value
         branching = self.settings.lr_branch_decay_start_steps is not None
         for name in ("start_wd", "end_wd", "wd_incr_steps", "wd_incr_style"):
             if name == "wd_incr_steps" and branching:

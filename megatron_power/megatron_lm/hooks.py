@@ -24,6 +24,7 @@ has:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import sys
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from ..arguments import (
     name_the_mup_flag,
     settings_from_args,
 )
+from ..knobs import knobs
 from ..megatron.mup import (
     apply_mup,
     mup_config_overrides,
@@ -43,25 +45,20 @@ from ..megatron.mup import (
     mup_transformer_config,
 )
 from ..megatron.scheduler import PowerOptimizerParamScheduler
-from ..megatron.settings import PLUGIN_STYLES
 from ..mup.rules import ModelShape
-from ..schedules.decay import MEGATRON_WSD_SHAPES, DecayShape
+from ..schedules.decay import MEGATRON_WSD_SHAPES
+from ..schedules.settings import PLUGIN_STYLES, ScheduleSettings
 
 _MARK = "_megatron_power_hook"
 
-#: ScheduleSettings fields the plugin adds to Megatron's constructor arguments.
-PLUGIN_SCHEDULER_FIELDS = (
-    "seq_length",
-    "lr_power_a",
-    "lr_power_b",
-    "lr_power_reference_seq_length",
-    "lr_power_batch_exponent",
-    "lr_decay_half_life_steps",
-    "lr_wsd_cycle_steps",
-    "lr_branch_decay_start_steps",
-    "lr_branch_decay_steps",
-    "lr_branch_decay_style",
-)
+
+def plugin_scheduler_fields() -> tuple[str, ...]:
+    """ScheduleSettings fields that Megatron's OptimizerParamScheduler constructor does
+    not take: the hook passes them from the parsed flags (derived, so none is missed)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    megatron = set(inspect.signature(OptimizerParamScheduler.__init__).parameters)
+    return tuple(f.name for f in dataclasses.fields(ScheduleSettings) if f.name not in megatron)
 
 
 def _extend_choices(parser: argparse.ArgumentParser, dest: str, extra: list[str]) -> None:
@@ -73,10 +70,11 @@ def _extend_choices(parser: argparse.ArgumentParser, dest: str, extra: list[str]
 
 
 def add_megatron_lm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``extra_args_provider`` for Megatron-LM: the plugin's flags and choices."""
-    _extend_choices(parser, "lr_decay_style", list(PLUGIN_STYLES))
-    plugin_shapes = [shape.value for shape in DecayShape if shape not in MEGATRON_WSD_SHAPES]
-    _extend_choices(parser, "lr_wsd_decay_style", plugin_shapes)
+    """``extra_args_provider`` for Megatron-LM: the plugin's flags, and the plugin's values
+    of Megatron's own choice flags (from the knobs' choices)."""
+    for _item, meta in knobs(ScheduleSettings):
+        if meta.megatron_lm_owns and meta.choices is not None:
+            _extend_choices(parser, meta.dest, list(meta.choices))
     return add_mup_args(add_power_args(parser))
 
 
@@ -86,13 +84,18 @@ def uses_plugin(args: argparse.Namespace) -> bool:
         return True
     if getattr(args, "lr_wsd_decay_style", None) not in (None, *MEGATRON_WSD_SHAPES):
         return True
-    plugin_flags = (
-        "lr_wsd_cycle_iters",
-        "lr_wsd_cycle_samples",
-        "lr_branch_decay_start_iters",
-        "lr_branch_decay_start_samples",
-    )
-    return any(getattr(args, name, None) is not None for name in plugin_flags)
+    for _item, meta in knobs(ScheduleSettings):
+        for flag in meta.flags():
+            if flag in meta.megatron_lm_flags():
+                continue
+            if getattr(args, flag.removeprefix("--").replace("-", "_"), None) is not None:
+                return True
+    return False
+
+
+def flag_given(flag: str, argv: list[str]) -> bool:
+    """Whether ``flag`` is on the command line (Megatron-LM parses with allow_abbrev off)."""
+    return any(item == flag or item.startswith(flag + "=") for item in argv)
 
 
 def validate_plugin_args(args: argparse.Namespace) -> None:
@@ -197,7 +200,11 @@ class MegatronLMScheduler(PowerOptimizerParamScheduler):
         plugin = {}
         if uses_plugin(megatron_args):
             settings = settings_from_args(megatron_args)
-            plugin = {name: getattr(settings, name) for name in PLUGIN_SCHEDULER_FIELDS}
+            plugin = {name: getattr(settings, name) for name in plugin_scheduler_fields()}
+            # Megatron passes its own default shape when none was given; the settings
+            # know whether the user chose one (the style's default otherwise).
+            if "lr_wsd_decay_style" in kwargs:
+                kwargs["lr_wsd_decay_style"] = settings.lr_wsd_decay_style
         super().__init__(optimizer, *args, **kwargs, **plugin)
 
 
@@ -229,7 +236,11 @@ def install() -> None:
                 parser = extra_args_provider(parser)
             return add_megatron_lm_args(parser)
 
-        return original_parse(provider, ignore_unknown_args)
+        args = original_parse(provider, ignore_unknown_args)
+        # Megatron-LM fills in "exponential" when the flag is absent; the plugin's one
+        # default (exponential_e for power) must apply then, as at every other entry point.
+        args.megatron_power_wsd_decay_style_given = flag_given("--lr-wsd-decay-style", sys.argv)
+        return args
 
     def validate_args(args, *rest, **options):
         result = original_validate(args, *rest, **options)

@@ -36,9 +36,14 @@ matrices decay ``1/m`` as fast, which is what IBM's and the Granite runs did;
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from ..knobs import POSITIVE, POSITIVE_COUNT, knob, validate_knobs
 
 RESIDUAL_RULES = ("constant", "minicpm", "completep")
 ROUTER_RULES = ("hidden", "readout", "unscaled")
@@ -57,6 +62,75 @@ class ParamRole(StrEnum):
 
 
 @dataclass(frozen=True)
+class RoleRule:
+    """One row of the classification table: a parameter whose full name matches
+    ``pattern`` (``re.search``) has ``role``."""
+
+    pattern: str
+    role: ParamRole
+    why: str
+
+
+#: Parameter name -> muP role, first match wins. Names are Megatron-Core's (local and
+#: Transformer Engine specs, dense, MoE, MLA, MTP); any prefix (``module.``) is allowed.
+#: A parameter no row matches is an error, never a silent default: add a row with
+#: :func:`add_role_rule` (or here) once you have decided its role.
+PARAM_ROLE_RULES: list[RoleRule] = [
+    RoleRule(r"(^|\.)embedding\.(word|position)_embeddings\.weight$", ParamRole.EMBEDDING,
+             "input embeddings (tokens, learned positions)"),
+    RoleRule(r"(^|\.)output_layer\.weight$", ParamRole.READOUT, "the readout: logits / m"),
+    RoleRule(r"(norm\.weight|norm\.bias|\.layer_norm_weight|\.layer_norm_bias)$",
+             ParamRole.VECTOR, "norm gains and biases (TE fuses them into linear_qkv/fc1)"),
+    RoleRule(r"\.bias\d*$", ParamRole.VECTOR, "linear biases (TE grouped: bias0..N)"),
+    RoleRule(r"\.mlp\.router\.weight$", ParamRole.ROUTER, "MoE router (per the router rule)"),
+    RoleRule(r"\.experts\.(local_experts\.\d+\.linear_fc1\.weight|linear_fc1\.weight\d*"
+             r"|weight1)$", ParamRole.EXPERT_FC1, "expert fc1 (sequential, TE grouped, grouped)"),
+    RoleRule(r"\.experts\.(local_experts\.\d+\.linear_fc2\.weight|linear_fc2\.weight\d*"
+             r"|weight2)$", ParamRole.EXPERT_FC2, "expert fc2: its fan-in is the expert width"),
+    RoleRule(r"\.shared_experts\.linear_fc2\.weight$", ParamRole.OUTPUT_PROJECTION,
+             "shared expert fc2 (a residual branch's output)"),
+    RoleRule(r"\.shared_experts\.(linear_fc1\.weight|gate_weight)$", ParamRole.HIDDEN,
+             "shared expert fc1 and its gate (fan-in: hidden)"),
+    RoleRule(r"\.self_attention\.linear_proj\.weight$", ParamRole.OUTPUT_PROJECTION,
+             "attention output projection"),
+    RoleRule(r"\.mlp\.linear_fc2\.weight$", ParamRole.OUTPUT_PROJECTION, "MLP fc2"),
+    RoleRule(r"\.self_attention\.linear_qkv\.weight$", ParamRole.HIDDEN, "fused QKV"),
+    RoleRule(r"\.self_attention\.linear_(q_proj|q_down_proj|q_up_proj|kv_down_proj"
+             r"|kv_up_proj)\.weight$", ParamRole.HIDDEN,
+             "MLA projections: fan-in is the hidden size or a LoRA rank that grows with it"),
+    RoleRule(r"\.mlp\.linear_fc1\.weight$", ParamRole.HIDDEN, "MLP fc1 (gated: [gate; up])"),
+    RoleRule(r"(^|\.)mtp\.layers\.\d+\.eh_proj\.weight$", ParamRole.HIDDEN,
+             "MTP: projection of [embedding; hidden]"),
+]  # fmt: skip
+
+
+class UnknownParameterError(ValueError):
+    """A parameter no classification rule matches."""
+
+
+def add_role_rule(pattern: str, role: ParamRole | str, why: str) -> None:
+    """Decide the role of parameters the table does not know (checked first)."""
+    re.compile(pattern)
+    PARAM_ROLE_RULES.insert(0, RoleRule(pattern, ParamRole(role), why))
+
+
+def role_of(name: str) -> ParamRole:
+    """The muP role of a parameter, from the first matching row of the table.
+
+    >>> role_of("decoder.layers.0.self_attention.linear_proj.weight")
+    <ParamRole.OUTPUT_PROJECTION: 'output_projection'>
+    """
+    for rule in PARAM_ROLE_RULES:
+        if re.search(rule.pattern, name):
+            return rule.role
+    roles = ", ".join(role.value for role in ParamRole)
+    raise UnknownParameterError(
+        f"{name}: no muP rule for this parameter; decide its role ({roles}) and add it "
+        f"with megatron_power.mup.rules.add_role_rule(r'<pattern>', '<role>', '<why>')"
+    )
+
+
+@dataclass(frozen=True)
 class ModelShape:
     """The global (unsharded) sizes the muP ratios come from."""
 
@@ -66,55 +140,105 @@ class ModelShape:
     moe_ffn_hidden_size: int | None = None
 
 
-@dataclass(frozen=True)
-class MupConfig:
-    """Everything muP needs besides the model's own shape. See the module docstring."""
+def _mup_knob(default, help, name, **meta):
+    """A MupConfig knob: ``--power-mup-<name>`` in Megatron-LM, ``--mup-<name>`` in pretrain."""
+    return knob(default, help, flag=f"--power-mup-{name}", pretrain_flag=f"--mup-{name}", **meta)
 
-    base_hidden_size: int
-    embedding_multiplier: float = 1.0
-    residual_multiplier: float = 1.0
-    residual_rule: str = "constant"
-    base_num_layers: int | None = None
-    base_head_dim: int | None = None
-    attention_scale: float | None = None
-    logits_scale: float | None = None
-    init_std: float | None = None
-    depth_scaled_output_init: bool = True
-    base_moe_ffn_hidden_size: int | None = None
-    router: str = "hidden"
-    scale_adam_eps: bool = False
-    weight_decay: str = "coupled"
+
+@dataclass(frozen=True, kw_only=True)
+class MupConfig:
+    """Everything muP needs besides the model's own shape. See the module docstring.
+
+    Each field is a knob (:func:`megatron_power.knobs.knob`): the flags of every entry
+    point, the checks and the help come from it.
+    """
+
+    base_hidden_size: int = _mup_knob(
+        dataclasses.MISSING,
+        "Base width: m = hidden size / this.",
+        "base-hidden-size",
+        check=POSITIVE_COUNT,
+    )
+    embedding_multiplier: float = _mup_knob(
+        1.0, "Embedding output multiplier.", "embedding-multiplier", check=POSITIVE
+    )
+    residual_multiplier: float = _mup_knob(
+        1.0,
+        "Residual branch multiplier (before the add).",
+        "residual-multiplier",
+        check=POSITIVE,
+    )
+    residual_rule: str = _mup_knob(
+        "constant",
+        "How the residual multiplier depends on depth.",
+        "residual-rule",
+        choices=RESIDUAL_RULES,
+    )
+    base_num_layers: int | None = _mup_knob(
+        None, "Base depth (completep rule).", "base-num-layers", check=POSITIVE_COUNT
+    )
+    base_head_dim: int | None = _mup_knob(
+        None,
+        "Base head dim: attention scale sqrt(base)/head_dim (default 1/head_dim).",
+        "base-head-dim",
+        check=POSITIVE_COUNT,
+    )
+    attention_scale: float | None = _mup_knob(
+        None,
+        "Softmax scale, overriding the rule (Granite's attention_multiplier).",
+        "attention-scale",
+        check=POSITIVE,
+    )
+    logits_scale: float | None = _mup_knob(
+        None,
+        "Logits divisor, overriding the width ratio (Granite's logits_scaling).",
+        "logits-scale",
+        check=POSITIVE,
+    )
+    init_std: float | None = _mup_knob(
+        None,
+        "Base init std (default the model's init_method_std).",
+        "init-std",
+        check=POSITIVE,
+    )
+    depth_scaled_output_init: bool = knob(
+        True,
+        "Output projections' init / sqrt(2 x layers).",
+        flag="--power-mup-no-depth-scaled-output-init",
+        pretrain_flag="--mup-no-depth-scaled-output-init",
+    )
+    base_moe_ffn_hidden_size: int | None = _mup_knob(
+        None,
+        "Base expert FFN width (expert fc2 scales with its own ratio).",
+        "base-moe-ffn-hidden-size",
+        check=POSITIVE_COUNT,
+    )
+    router: str = _mup_knob("hidden", "Router rule.", "router", choices=ROUTER_RULES)
+    scale_adam_eps: bool = knob(
+        False,
+        "Scale Adam eps with the LR multiplier.",
+        flag="--power-mup-scale-adam-eps",
+        pretrain_flag="--mup-scale-adam-eps",
+    )
+    weight_decay: str = _mup_knob(
+        "coupled", "Weight-decay rule.", "weight-decay", choices=WEIGHT_DECAY_RULES
+    )
 
     def __post_init__(self) -> None:
-        if not self.base_hidden_size > 0:
-            raise ValueError(f"base_hidden_size: must be > 0, got {self.base_hidden_size}")
-        for name in ("embedding_multiplier", "residual_multiplier"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("attention_scale", "logits_scale", "init_std"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name}: must be > 0, got {value}")
-        for name in ("base_num_layers", "base_head_dim", "base_moe_ffn_hidden_size"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name}: must be > 0, got {value}")
-        if self.residual_rule not in RESIDUAL_RULES:
-            raise ValueError(
-                f"residual_rule: unknown rule {self.residual_rule!r}; "
-                f"choose one of {', '.join(RESIDUAL_RULES)}"
-            )
+        validate_knobs(self)
         if self.residual_rule == "completep" and self.base_num_layers is None:
             raise ValueError("base_num_layers: required by residual_rule='completep'")
-        if self.router not in ROUTER_RULES:
-            raise ValueError(
-                f"router: unknown rule {self.router!r}; choose one of {', '.join(ROUTER_RULES)}"
-            )
-        if self.weight_decay not in WEIGHT_DECAY_RULES:
-            raise ValueError(
-                f"weight_decay: unknown rule {self.weight_decay!r}; "
-                f"choose one of {', '.join(WEIGHT_DECAY_RULES)}"
-            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MupConfig:
+        known = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a muP setting (known: {', '.join(sorted(known))})")
+        return cls(**data)
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -13,16 +13,21 @@ from .schedule import (
     wsd_s_schedule,
     wsd_schedule,
 )
+from .settings import ALL_STYLES, MEGATRON_STYLES, PLUGIN_STYLES, ScheduleSettings
 
 __all__ = [
+    "ALL_STYLES",
+    "MEGATRON_STYLES",
     "PAPER_A",
     "PAPER_B",
     "PAPER_MAX_LR",
     "PAPER_REFERENCE_SEQ_LENGTH",
+    "PLUGIN_STYLES",
     "DecayShape",
     "DecayWindow",
     "PowerLaw",
     "Schedule",
+    "ScheduleSettings",
     "decay_coefficient",
     "decay_lr",
     "power_schedule",

@@ -53,7 +53,8 @@ def megatron_logits(
     from megatron.core import parallel_state
 
     from megatron_power.training.config import PretrainConfig
-    from megatron_power.training.loop import build_model, init_distributed
+    from megatron_power.training.distributed import init_distributed
+    from megatron_power.training.model import build_model
 
     config = PretrainConfig.load(Path(run_dir) / "config.json")
     init_distributed(config)

@@ -13,7 +13,7 @@ from typing import Any
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from megatron_power.training.loop import free_port, set_rendezvous_address
+from megatron_power.training.distributed import free_port, set_rendezvous_address
 
 
 def init_single_process_gloo() -> None:

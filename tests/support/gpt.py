@@ -38,7 +38,7 @@ def tiny_config(
 ):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from megatron_power.training.loop import small_gpt_options
+    from megatron_power.training.model import small_gpt_options
 
     options = small_gpt_options(
         hidden,

@@ -15,9 +15,10 @@ import itertools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..schedules.decay import MEGATRON_WSD_SHAPES, DecayShape
-from ..schedules.power import PAPER_A, PAPER_B, PAPER_REFERENCE_SEQ_LENGTH, PowerLaw
-from ..schedules.schedule import (
+from ..knobs import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, Range, Unit, knob, validate_knobs
+from .decay import MEGATRON_WSD_SHAPES, DecayShape
+from .power import PAPER_A, PAPER_B, PAPER_REFERENCE_SEQ_LENGTH, PowerLaw
+from .schedule import (
     Schedule,
     power_schedule,
     with_branch_decay,
@@ -34,28 +35,171 @@ ALL_STYLES = MEGATRON_STYLES + PLUGIN_STYLES
 STABLE_PHASE_STYLES = ("constant", "WSD", "power")
 
 
-@dataclass(frozen=True)
-class ScheduleSettings:
-    """Everything that decides the LR curve. Counts are samples, as in Megatron."""
+def default_decay_shape(lr_decay_style: str) -> DecayShape:
+    """The decay shape a run gets without ``--lr-wsd-decay-style``, at every entry point.
 
-    lr_decay_style: str
-    max_lr: float
-    min_lr: float = 0.0
-    init_lr: float = 0.0
-    lr_warmup_steps: int | float = 0  # Megatron-LM passes a float with --lr-warmup-fraction
-    lr_decay_steps: int | None = None
-    wsd_decay_steps: int | None = None
-    lr_wsd_decay_style: str | None = None
-    seq_length: int | None = None
-    lr_power_a: float = PAPER_A
-    lr_power_b: float = PAPER_B
-    lr_power_reference_seq_length: int = PAPER_REFERENCE_SEQ_LENGTH
-    lr_power_batch_exponent: float = 1.0
-    lr_decay_half_life_steps: int | None = None
-    lr_wsd_cycle_steps: tuple[int, ...] | None = None
-    lr_branch_decay_start_steps: int | None = None
-    lr_branch_decay_steps: int | None = None
-    lr_branch_decay_style: str | None = None
+    Power: ``exponential_e``, the paper's and IBM's tail (PowerLM was trained with it).
+    Everything else: ``exponential``, Megatron-LM's own default, so a plain WSD run is
+    Megatron's WSD value for value.
+    """
+    return DecayShape.EXPONENTIAL_E if lr_decay_style == "power" else DecayShape.EXPONENTIAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSettings:
+    """Everything that decides the LR curve. Counts are samples, as in Megatron.
+
+    Each field is a knob (:func:`megatron_power.knobs.knob`): its metadata is the one
+    definition every entry point's flags, checks and help come from.
+    """
+
+    lr_decay_style: str = knob(
+        "linear",
+        "LR schedule style (Megatron's own, or power).",
+        flag="--lr-decay-style",
+        choices=ALL_STYLES,
+        megatron_lm_owns=True,
+        pretrain_flag="--lr-decay-style",
+    )
+    max_lr: float = knob(
+        help="Peak learning rate (Power: the cap).",
+        flag="--lr",
+        megatron_lm_owns=True,
+        check=NON_NEGATIVE,
+        pretrain_flag="--lr",
+    )
+    min_lr: float = knob(
+        0.0,
+        "Learning rate every decay ends at.",
+        flag="--min-lr",
+        megatron_lm_owns=True,
+        check=NON_NEGATIVE,
+        pretrain_flag="--min-lr",
+    )
+    init_lr: float = knob(
+        0.0,
+        "Learning rate warmup starts from.",
+        flag="--lr-warmup-init",
+        megatron_lm_owns=True,
+        check=NON_NEGATIVE,
+        pretrain_flag="--lr-warmup-init",
+    )
+    lr_warmup_steps: int | float = knob(
+        0,
+        "Linear warmup length.",
+        flag="--lr-warmup",
+        unit=Unit.SAMPLES,
+        fraction=True,
+        megatron_lm_owns=True,
+        check=NON_NEGATIVE,
+        pretrain_flag="--warmup-tokens",
+    )  # Megatron-LM passes a float with --lr-warmup-fraction
+    lr_decay_steps: int | None = knob(
+        None,
+        "Length of the decay (default: the whole run).",
+        flag="--lr-decay",
+        unit=Unit.SAMPLES,
+        megatron_lm_owns=True,
+        check=COUNT,
+        pretrain_from="--train-tokens",
+    )
+    wsd_decay_steps: int | None = knob(
+        None,
+        "WSD decay / Power tail length (Power: none by default); WSD-S: each decay.",
+        flag="--lr-wsd-decay",
+        unit=Unit.SAMPLES,
+        fraction=True,
+        megatron_lm_owns=True,
+        plugin_fraction=True,
+        check=COUNT,
+        pretrain_flag="--decay-tokens",
+        pretrain_fraction_flag="--decay-fraction",
+    )
+    lr_wsd_decay_style: str | None = knob(
+        None,
+        "Decay shape of the WSD decay, Power tail and WSD-S cycles (default: "
+        "exponential_e for power, exponential for WSD).",
+        flag="--lr-wsd-decay-style",
+        choices=tuple(shape.value for shape in DecayShape),
+        megatron_lm_owns=True,
+        pretrain_flag="--decay-shape",
+    )
+    seq_length: int | None = knob(
+        None,
+        "Tokens per sample (Power counts tokens).",
+        flag="--seq-length",
+        megatron_lm_owns=True,
+        check=POSITIVE_COUNT,
+        pretrain_from="--seq-length",
+    )
+    lr_power_a: float = knob(
+        PAPER_A,
+        "Power law coefficient a in lr = min(lr, beta**c * a * tokens**b).",
+        flag="--lr-power-a",
+        check=POSITIVE,
+        pretrain_flag="--lr-power-a",
+    )
+    lr_power_b: float = knob(
+        PAPER_B,
+        "Power law exponent b (< 0).",
+        flag="--lr-power-b",
+        check=Range(high=0, high_open=True),
+        pretrain_flag="--lr-power-b",
+    )
+    lr_power_reference_seq_length: int = knob(
+        PAPER_REFERENCE_SEQ_LENGTH,
+        "beta counts the global batch in sequences of this many tokens.",
+        flag="--lr-power-reference-seq-length",
+        check=POSITIVE_COUNT,
+        pretrain_flag="--lr-power-reference-seq-length",
+    )
+    lr_power_batch_exponent: float = knob(
+        1.0,
+        "c in lr = beta**c * a * tokens**b (1: linear in batch size, the paper's).",
+        flag="--lr-power-batch-exponent",
+        check=POSITIVE,
+        pretrain_flag="--lr-power-batch-exponent",
+    )
+    lr_decay_half_life_steps: int | None = knob(
+        None,
+        "Half-life of the half_life decay shape (default fits the window).",
+        flag="--lr-decay-half-life",
+        unit=Unit.SAMPLES,
+        check=Range(low=0, low_open=True),
+        pretrain_flag="--decay-half-life-tokens",
+    )
+    lr_wsd_cycle_steps: tuple[int, ...] | None = knob(
+        None,
+        "WSD-S: decay to min-lr before each of these points, then return to the stable LR.",
+        flag="--lr-wsd-cycle",
+        unit=Unit.SAMPLES,
+        many=True,
+        check=COUNT,
+        pretrain_flag="--wsd-cycle-tokens",
+    )
+    lr_branch_decay_start_steps: int | None = knob(
+        None,
+        "Branch decay: start decaying here (a stable-phase checkpoint).",
+        flag="--lr-branch-decay-start",
+        unit=Unit.SAMPLES,
+        check=COUNT,
+        pretrain_from="--init-from",
+    )
+    lr_branch_decay_steps: int | None = knob(
+        None,
+        "Branch decay: decay over this length, then hold min-lr.",
+        flag="--lr-branch-decay",
+        unit=Unit.SAMPLES,
+        check=Range(low=0, low_open=True),
+        pretrain_flag="--branch-decay-tokens",
+    )
+    lr_branch_decay_style: str | None = knob(
+        None,
+        "Branch decay shape (default: the run's decay shape).",
+        flag="--lr-branch-decay-style",
+        choices=tuple(shape.value for shape in DecayShape),
+        pretrain_flag="--branch-decay-shape",
+    )
 
     def __post_init__(self) -> None:
         if self.lr_wsd_cycle_steps is not None:
@@ -65,48 +209,15 @@ class ScheduleSettings:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first offending field."""
-        if self.lr_decay_style not in ALL_STYLES:
-            raise ValueError(
-                f"lr_decay_style: unknown style {self.lr_decay_style!r}; "
-                f"choose one of {', '.join(ALL_STYLES)}"
-            )
-        if self.min_lr < 0:
-            raise ValueError(f"min_lr: must be >= 0, got {self.min_lr}")
+        validate_knobs(self)  # each field's own range and choices, from its knob
         if self.max_lr < self.min_lr:
             raise ValueError(f"max_lr: must be >= min_lr ({self.min_lr}), got {self.max_lr}")
-        if not 0 <= self.init_lr <= self.max_lr:
+        if not self.init_lr <= self.max_lr:
             raise ValueError(f"init_lr: must be in [0, max_lr={self.max_lr}], got {self.init_lr}")
-        for name in (
-            "lr_warmup_steps",
-            "lr_decay_steps",
-            "wsd_decay_steps",
-            "lr_decay_half_life_steps",
-            "lr_branch_decay_start_steps",
-            "lr_branch_decay_steps",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name}: must be >= 0, got {value}")
-        if self.seq_length is not None and not self.seq_length > 0:
-            raise ValueError(f"seq_length: must be > 0, got {self.seq_length}")
-        if self.lr_decay_half_life_steps == 0:
-            raise ValueError("lr_decay_half_life_steps: must be > 0")
-        for name in ("lr_wsd_decay_style", "lr_branch_decay_style"):
-            if getattr(self, name) is not None:
-                DecayShape.parse(getattr(self, name), field=name)
         self._validate_lengths()
         self._validate_plugin_options()
-        if self.lr_decay_style == "power":
-            if self.seq_length is None:
-                raise ValueError(
-                    "seq_length: the power style counts tokens; pass the sequence length"
-                )
-            PowerLaw(
-                self.lr_power_a,
-                self.lr_power_b,
-                self.lr_power_reference_seq_length,
-                self.lr_power_batch_exponent,
-            )
+        if self.lr_decay_style == "power" and self.seq_length is None:
+            raise ValueError("seq_length: the power style counts tokens; pass the sequence length")
 
     def _validate_lengths(self) -> None:
         needs_total = self.lr_decay_style != "power" or bool(self.wsd_decay_steps)
@@ -178,11 +289,9 @@ class ScheduleSettings:
     # ------------------------------------------------------------- properties
     @property
     def decay_shape(self) -> DecayShape:
-        """Shape of the WSD / Power tail and WSD-S decays (Power defaults to the paper's)."""
+        """Shape of the WSD / Power tail and WSD-S decays (unset: the style's default)."""
         if self.lr_wsd_decay_style is None:
-            if self.lr_decay_style == "power":
-                return DecayShape.EXPONENTIAL_E
-            return DecayShape.EXPONENTIAL
+            return default_decay_shape(self.lr_decay_style)
         return DecayShape.parse(self.lr_wsd_decay_style, field="lr_wsd_decay_style")
 
     @property
@@ -198,6 +307,15 @@ class ScheduleSettings:
     def unit_per_sample(self) -> int:
         """Schedules run in tokens when the sequence length is known, else in samples."""
         return self.seq_length or 1
+
+    @property
+    def power_law(self) -> PowerLaw:
+        return PowerLaw(
+            self.lr_power_a,
+            self.lr_power_b,
+            self.lr_power_reference_seq_length,
+            self.lr_power_batch_exponent,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -238,14 +356,7 @@ class ScheduleSettings:
 
     def _base_schedule(self, warmup: float, half_life: float | None, with_tail: bool) -> Schedule:
         tokens = self.unit_per_sample
-        law = None
-        if self.lr_decay_style == "power":
-            law = PowerLaw(
-                self.lr_power_a,
-                self.lr_power_b,
-                self.lr_power_reference_seq_length,
-                self.lr_power_batch_exponent,
-            )
+        law = self.power_law if self.lr_decay_style == "power" else None
         if self.lr_wsd_cycle_steps:
             cycles = wsd_s_schedule(
                 warmup=warmup,

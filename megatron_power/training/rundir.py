@@ -1,0 +1,122 @@
+"""The one place that knows where things live: a run directory, its checkpoints, their
+rank files, and the Megatron-LM release layout that ``import-hf`` writes.
+
+A run directory::
+
+    config.json  metrics.jsonl  summary.json  loss_lr.png  data/tokens.{bin,idx,json}
+    checkpoints/latest                  the newest iteration, written last
+    checkpoints/iter_0000050/rank000.pt one file per rank (model, optimizer, scheduler, RNG)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ITER_PREFIX = "iter_"
+
+
+class RunDir:
+    """Paths inside one run directory (nothing is created by asking)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def plot(self) -> Path:
+        return self.path / "loss_lr.png"
+
+    @property
+    def data(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def latest_pointer(self) -> Path:
+        return self.checkpoints / "latest"
+
+    def checkpoint(self, iteration: int) -> Path:
+        return self.checkpoints / f"{ITER_PREFIX}{iteration:07d}"
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints.exists()
+
+    def latest_iteration(self) -> int | None:
+        pointer = self.latest_pointer
+        return int(pointer.read_text()) if pointer.exists() else None
+
+    def latest_checkpoint(self) -> Path | None:
+        iteration = self.latest_iteration()
+        return None if iteration is None else self.checkpoint(iteration)
+
+    def write_latest(self, iteration: int) -> None:
+        self.latest_pointer.write_text(f"{iteration}\n")
+
+
+def rank_file(checkpoint: Path, rank: int) -> Path:
+    return checkpoint / f"rank{rank:03d}.pt"
+
+
+def rank_files(checkpoint: Path) -> list[Path]:
+    return sorted(Path(checkpoint).glob("rank*.pt"))
+
+
+def iteration_of(checkpoint: Path) -> int | None:
+    """The iteration of a ``checkpoints/iter_N`` directory, None for any other path."""
+    name = Path(checkpoint).name
+    digits = name.removeprefix(ITER_PREFIX)
+    return int(digits) if name.startswith(ITER_PREFIX) and digits.isdigit() else None
+
+
+def run_of_checkpoint(checkpoint: Path) -> RunDir | None:
+    """The run directory a ``checkpoints/iter_N`` belongs to, None if it is not one."""
+    checkpoint = Path(checkpoint)
+    run = RunDir(checkpoint.parent.parent)
+    if iteration_of(checkpoint) is None or checkpoint.parent.name != "checkpoints":
+        return None
+    return run if run.config.is_file() else None
+
+
+def resolve_checkpoint(path: Path, what: str = "CKPT") -> tuple[RunDir, Path]:
+    """(run, checkpoint directory) for a run directory (its latest) or one of its iter_N."""
+    path = Path(path)
+    if RunDir(path).config.is_file():
+        run = RunDir(path)
+        latest = run.latest_checkpoint()
+        if latest is None:
+            raise ValueError(f"{what}: {path} has no checkpoints")
+        return run, latest
+    run = run_of_checkpoint(path)
+    if run is None:
+        raise ValueError(f"{what}: {path} is neither a run directory nor its checkpoints/iter_N")
+    return run, path
+
+
+# ----------------------------------------------------------- Megatron-LM's torch format
+def megatron_lm_release_file(root: Path, tp_rank: int, ep_rank: int, ep_size: int) -> Path:
+    """``release/mp_rank_TT[_EEE]/model_optim_rng.pt``, as Megatron-LM's
+    get_checkpoint_name spells it (the expert rank only with expert parallelism)."""
+    name = f"mp_rank_{tp_rank:02d}" + (f"_{ep_rank:03d}" if ep_size > 1 else "")
+    return Path(root) / "release" / name / "model_optim_rng.pt"
+
+
+def megatron_lm_tracker(root: Path) -> Path:
+    """Megatron-LM's pointer to the checkpoint to load (holds ``release`` here)."""
+    return Path(root) / "latest_checkpointed_iteration.txt"
