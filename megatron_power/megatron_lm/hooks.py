@@ -189,6 +189,20 @@ def _unwrap(module: Any) -> Any:
     return module
 
 
+def scheduler_arguments(megatron_args: argparse.Namespace, kwargs: dict[str, Any]) -> dict:
+    """The keyword arguments Megatron-LM passes to OptimizerParamScheduler, completed with
+    every ScheduleSettings field its constructor lacks (from the parsed flags)."""
+    if not uses_plugin(megatron_args):
+        return dict(kwargs)
+    settings = settings_from_args(megatron_args)
+    completed = {**kwargs, **{name: getattr(settings, name) for name in plugin_scheduler_fields()}}
+    # Megatron passes its own default shape when none was given; the settings know whether
+    # the user chose one (the style's one default otherwise).
+    if "lr_wsd_decay_style" in kwargs:
+        completed["lr_wsd_decay_style"] = settings.lr_wsd_decay_style
+    return completed
+
+
 class MegatronLMScheduler(PowerOptimizerParamScheduler):
     """Megatron-LM constructs this with OptimizerParamScheduler's arguments; the plugin's
     options come from Megatron-LM's parsed arguments."""
@@ -196,16 +210,7 @@ class MegatronLMScheduler(PowerOptimizerParamScheduler):
     def __init__(self, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         from megatron.training.global_vars import get_args
 
-        megatron_args = get_args()
-        plugin = {}
-        if uses_plugin(megatron_args):
-            settings = settings_from_args(megatron_args)
-            plugin = {name: getattr(settings, name) for name in plugin_scheduler_fields()}
-            # Megatron passes its own default shape when none was given; the settings
-            # know whether the user chose one (the style's default otherwise).
-            if "lr_wsd_decay_style" in kwargs:
-                kwargs["lr_wsd_decay_style"] = settings.lr_wsd_decay_style
-        super().__init__(optimizer, *args, **kwargs, **plugin)
+        super().__init__(optimizer, *args, **scheduler_arguments(get_args(), kwargs))
 
 
 def _replace_everywhere(original: Any, replacement: Any) -> None:

@@ -42,7 +42,8 @@ def test_loss_falls_well_below_the_unigram_entropy(trunk):
     assert summary["valid_loss"] < summary["unigram_entropy"] - 1.0
     assert summary["valid_loss"] > summary["entropy_rate"] - 0.05  # the floor holds
     config = json.loads((trunk / "config.json").read_text())
-    assert config["lr_decay_style"] == "power" and config["mup"] is True
+    assert config["schedule"]["lr_decay_style"] == "power"
+    assert config["mup"]["base_hidden_size"] == 64  # the embedded model's muP
 
 
 def test_run_directory_has_a_valid_png_and_checkpoint(trunk):

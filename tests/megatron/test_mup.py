@@ -320,3 +320,33 @@ def test_merges_with_decoupled_lr_without_clashing():
 def test_classification_of_other_specs_parameter_names(name, dims, role):
     param = torch.nn.Parameter(torch.zeros((4,) * dims))
     assert classify_parameter(name, param) is role
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "decoder.layers.0.self_attention.linear_q_down_proj.weight",
+        "decoder.layers.0.self_attention.linear_q_up_proj.weight",
+        "decoder.layers.0.self_attention.linear_kv_down_proj.weight",
+        "decoder.layers.0.self_attention.linear_kv_up_proj.weight",
+        "mtp.layers.0.eh_proj.weight",
+    ],
+)
+def test_mla_and_mtp_projections_are_hidden_matrices_by_decision(name):
+    param = torch.nn.Parameter(torch.zeros(4, 4))
+    assert classify_parameter(name, param) is ParamRole.HIDDEN
+
+
+def test_an_unknown_parameter_is_an_error_naming_it_and_a_rule_can_be_added():
+    from megatron_power.mup import rules
+
+    name = "decoder.layers.0.self_attention.linear_new_proj.weight"
+    param = torch.nn.Parameter(torch.zeros(4, 4))
+    with pytest.raises(rules.UnknownParameterError, match=r"linear_new_proj.*add_role_rule"):
+        classify_parameter(name, param)
+    before = list(rules.PARAM_ROLE_RULES)
+    try:
+        rules.add_role_rule(r"\.linear_new_proj\.weight$", "output_projection", "a test rule")
+        assert classify_parameter(name, param) is ParamRole.OUTPUT_PROJECTION
+    finally:
+        rules.PARAM_ROLE_RULES[:] = before
