@@ -147,6 +147,10 @@ def knobs(cls_or_instance: Any) -> Iterator[tuple[dataclasses.Field, Knob]]:
             yield item, item.metadata[KNOB]
 
 
+def fields_by_name(cls: Any) -> dict[str, dataclasses.Field]:
+    return {item.name: item for item, _ in knobs(cls)}
+
+
 def knob_of(cls: Any, name: str) -> Knob:
     for item, meta in knobs(cls):
         if item.name == name:

@@ -108,9 +108,14 @@ def via_launcher(values: dict) -> dict:
     from megatron_power.megatron_lm.hooks import flag_given, scheduler_arguments
 
     parser = add_power_args(add_megatron_scheduler_args(argparse.ArgumentParser()))
-    parser.set_defaults(lr_wsd_decay_style="exponential", lr_decay_style="linear",
-                        lr_warmup_iters=0, lr_warmup_samples=0, min_lr=0.0,
-                        lr_warmup_init=0.0)  # fmt: skip  (Megatron-LM's own defaults)
+    parser.set_defaults(
+        lr_wsd_decay_style="exponential",
+        lr_decay_style="linear",
+        lr_warmup_iters=0,
+        lr_warmup_samples=0,
+        min_lr=0.0,
+        lr_warmup_init=0.0,
+    )  # fmt: skip  (Megatron-LM's own defaults)
     argv = megatron_flags({"max_lr": 0.03, "seq_length": SEQ, **values})
     args = parser.parse_args(argv)
     args.megatron_power_wsd_decay_style_given = flag_given("--lr-wsd-decay-style", argv)
@@ -153,8 +158,13 @@ def test_every_knob_reaches_the_scheduler_through_every_entry_point(values):
     if from_pretrain is not None:
         assert from_pretrain == expected
     api = scheduler_from(
-        {**expected.to_dict(), "start_wd": 0.0, "end_wd": 0.0, "wd_incr_steps": RUN,
-         "wd_incr_style": "constant"}  # fmt: skip
+        {
+            **expected.to_dict(),
+            "start_wd": 0.0,
+            "end_wd": 0.0,
+            "wd_incr_steps": RUN,
+            "wd_incr_style": "constant",
+        }
     )
     assert api.settings == expected
 
@@ -226,7 +236,8 @@ def test_every_mup_knob_reaches_mup_config_from_the_launcher_and_pretrain():
               "residual_rule": "completep", "base_num_layers": 2, "base_head_dim": 8,
               "attention_scale": 0.1, "logits_scale": 2.0, "init_std": 0.01,
               "depth_scaled_output_init": False, "base_moe_ffn_hidden_size": 16,
-              "router": "readout", "scale_adam_eps": True, "weight_decay": "independent"}  # fmt: skip
+              "router": "readout", "scale_adam_eps": True,
+              "weight_decay": "independent"}  # fmt: skip
     assert set(chosen) == {item.name for item in dataclasses.fields(MupConfig)}
     launcher, pretrain = ["--power-mup"], []
     for item, meta in knobs(MupConfig):

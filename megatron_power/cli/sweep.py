@@ -20,6 +20,9 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from ..arguments import add_knob_argument
+from ..knobs import fields_by_name, knob_of
+from ..schedules.settings import ScheduleSettings
 from ..sweep.runner import PRETRAIN_TEMPLATE, SweepDir, SweepSpec
 
 
@@ -40,6 +43,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--seq-length", type=int, default=128)
     grid.add_argument("--warmup-fraction", type=float, default=0.02)
     grid.add_argument("--decay-fraction", type=float, default=0.2, help="WSD decay share")
+    shape = knob_of(ScheduleSettings, "lr_wsd_decay_style")
+    add_knob_argument(grid, fields_by_name(ScheduleSettings)["lr_wsd_decay_style"], shape,
+                      shape.pretrain_flag)  # fmt: skip
     how = sweep.add_argument_group("running")
     how.add_argument(
         "--command",
@@ -81,6 +87,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         lrs=args.lrs, global_batch_sizes=args.global_batch_sizes, train_tokens=args.train_tokens,
         hidden_sizes=args.hidden_sizes, seeds=args.seeds, seq_length=args.seq_length,
         warmup_fraction=args.warmup_fraction, decay_fraction=args.decay_fraction,
+        **({} if args.decay_shape is None else {"decay_shape": args.decay_shape}),
         template=args.command or PRETRAIN_TEMPLATE, extra_args=args.extra_args,
     )  # fmt: skip
     spec.validate()
@@ -97,7 +104,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     if sweep.spec_file.is_file():
         old = sweep.load_spec()
-        for name in ("template", "extra_args", "seq_length", "warmup_fraction", "decay_fraction"):
+        for name in ("template", "extra_args", "seq_length", "warmup_fraction", "decay_fraction",
+                     "decay_shape"):  # fmt: skip
             if getattr(old, name) != getattr(spec, name):
                 raise ValueError(
                     f"--sweep-dir: {sweep.path} holds a sweep with another {name} "

@@ -27,6 +27,8 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
+from ..schedules.settings import default_decay_shape
+
 #: Megatron-LM's evaluation line (training.py evaluate_and_print_results), which
 #: ``megatron-power pretrain`` prints too: `` validation loss at iteration 100 on
 #: validation set | lm loss value: 2.451234E+00 | lm loss PPL: ...``.
@@ -40,7 +42,7 @@ PRETRAIN_TEMPLATE = (
     "{python} -m megatron_power.cli.main pretrain --run-dir {run_dir} --lr-decay-style WSD "
     "--lr {lr} --train-tokens {train_tokens} --global-batch-size {global_batch_size} "
     "--seq-length {seq_length} --hidden-size {hidden_size} --seed {seed} "
-    "--warmup-tokens {warmup_tokens} --decay-tokens {decay_tokens} --decay-shape exponential_e"
+    "--warmup-tokens {warmup_tokens} --decay-tokens {decay_tokens} --decay-shape {decay_shape}"
 )
 
 
@@ -56,6 +58,8 @@ class SweepSpec:
     seq_length: int = 128
     warmup_fraction: float = 0.02
     decay_fraction: float = 0.2
+    # the proxies' WSD decay shape: Power's default tail, so the fit sees the tail it serves
+    decay_shape: str = default_decay_shape("power").value
     template: str = PRETRAIN_TEMPLATE
     extra_args: str = ""  # appended to the command (e.g. pretrain flags)
 
@@ -111,6 +115,7 @@ def placeholders(spec: SweepSpec, run: dict[str, Any], run_dir: Path) -> dict[st
         "decay_iters": decay_iters,
         "decay_samples": decay_iters * run["global_batch_size"],
         "decay_tokens": decay_iters * batch_tokens,
+        "decay_shape": spec.decay_shape,
     }
 
 

@@ -31,7 +31,9 @@ sys.meta_path.insert(0, Block())
 
 
 def test_pure_layers_work_with_torch_and_megatron_unimportable():
-    program = BLOCKER + """
+    program = (
+        BLOCKER
+        + """
 from megatron_power.schedules import ScheduleSettings, power_schedule, PowerLaw
 from megatron_power.mup import MupConfig, ModelShape, ParamRole
 from megatron_power.mup.rules import role_of
@@ -54,6 +56,7 @@ else:
 assert not any(name.split(".")[0] in ("torch", "megatron") for name in sys.modules)
 print("pure")
 """
+    )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                             cwd=REPO, check=False)  # fmt: skip
     assert result.returncode == 0 and result.stdout.strip() == "pure", result.stderr
@@ -61,8 +64,7 @@ print("pure")
 
 def modules() -> list[str]:
     return sorted(
-        info.name
-        for info in pkgutil.walk_packages([str(PACKAGE)], prefix="megatron_power.")
+        info.name for info in pkgutil.walk_packages([str(PACKAGE)], prefix="megatron_power.")
     )
 
 
@@ -102,9 +104,10 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_no_import_circle():
     graph = import_graph()
+
     # A package's __init__ re-exporting its own modules is not a circle of concerns.
     def edges(module):
-        return {t for t in graph[module] if not (t == module.rsplit(".", 1)[0])}
+        return {t for t in graph[module] if t != module.rsplit(".", 1)[0]}
 
     state: dict[str, int] = {}
 
@@ -112,7 +115,7 @@ def test_no_import_circle():
         state[module] = 1
         for target in edges(module):
             if state.get(target) == 1:
-                cycle = path[path.index(target):] + [target]
+                cycle = [*path[path.index(target) :], target]
                 raise AssertionError("import circle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, [*path, target])
