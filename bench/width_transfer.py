@@ -52,9 +52,12 @@ def main() -> None:
 
     work = Path(args.work_dir)
     base = min(args.widths)
-    common = f"--num-layers {args.num_layers} --head-dim 16 --mup-base-hidden-size {base}"
+    common = f"--num-layers {args.num_layers} --head-dim 16"
+    # The embedded model's multipliers, at this sweep's base width.
+    mup_flags = (f"{common} --mup-base-hidden-size {base} --mup-embedding-multiplier 4.0 "
+                 "--mup-residual-multiplier 0.5")  # fmt: skip
     table = {}
-    for name, extra, lrs in (("mup", common, args.mup_lrs),
+    for name, extra, lrs in (("mup", mup_flags, args.mup_lrs),
                              ("sp", f"{common} --no-mup", args.sp_lrs)):  # fmt: skip
         cells = cells_from_results(sweep(work, name, args, extra, lrs))
         table[name] = {cell.hidden_size: cell for cell in cells}

@@ -236,3 +236,43 @@ def mup_from_args(args: argparse.Namespace) -> MupConfig | None:
         return MupConfig(**values)
     except ValueError as error:
         raise ValueError(name_the_mup_flag(str(error))) from None
+
+
+# --------------------------------------------------------------------------- README
+def _allowed(item: dataclasses.Field, meta: Knob) -> str:
+    if meta.choices is not None:
+        return ", ".join(f"`{choice}`" for choice in meta.choices)
+    if meta.check is not None:
+        return meta.check.describe()
+    return "a switch" if isinstance(default_of(item), bool) else ""
+
+
+def knob_table() -> str:
+    """The README's flag tables, made from the knob definitions (a test keeps them equal)."""
+    lines = [
+        "| knob | Megatron-LM / `schedule` flags | `pretrain` flag (tokens) | default | allowed |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for item, meta in knobs(ScheduleSettings):
+        pretrain = " ".join(f"`{flag}`" for flag in meta.pretrain_flags())
+        pretrain = pretrain or (f"from `{meta.pretrain_from}`" if meta.pretrain_from else "")
+        flags = " ".join(f"`{flag}`" for flag in meta.flags())
+        default = default_of(item)
+        shown = "required" if item.default is dataclasses.MISSING else f"`{default}`"
+        lines.append(
+            f"| `{item.name}`: {meta.help} | {flags} | {pretrain} | {shown} | {_allowed(item, meta)} |"
+        )
+    lines += [
+        "",
+        "| muP knob | Megatron-LM flag (with `--power-mup`) | `pretrain` flag | default "
+        "| allowed |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for item, meta in knobs(MupConfig):
+        default = default_of(item)
+        shown = "required" if item.default is dataclasses.MISSING else f"`{default}`"
+        lines.append(
+            f"| `{item.name}`: {meta.help} | `{meta.flag}` | `{meta.pretrain_flag}` | {shown} "
+            f"| {_allowed(item, meta)} |"
+        )
+    return "\n".join(lines)

@@ -268,3 +268,14 @@ def test_checks_come_from_the_knob(field, value, message):
     values = {"lr_decay_style": "power", "max_lr": 0.1, "lr_decay_steps": 100, "seq_length": 8}
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         ScheduleSettings(**{**values, field: value})
+
+
+def test_readme_flag_table_is_the_definitions():
+    from pathlib import Path
+
+    from megatron_power.arguments import knob_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start, end = "<!-- knob-table:start -->\n", "\n<!-- knob-table:end -->"
+    block = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert block == knob_table()
