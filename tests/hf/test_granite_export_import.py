@@ -198,7 +198,7 @@ def test_megatron_lm_release_checkpoint_loads_into_megatron(runs, tmp_path):
     """import-hf --megatron-lm-dir: Megatron-LM's torch-format 'release' layout at TP=2,
     vocabulary padded to 128 x TP; Megatron-Core's model at TP=2 loads each
     mp_rank_TT/model_optim_rng.pt and computes the HF logits (padding aside)."""
-    from megatron_power.cli.hf import megatron_lm_names
+    from megatron_power.hf.convert import megatron_lm_names
 
     exported = runs["exported"]["dense-tp2"]
     lm = tmp_path / "megatron-lm"
