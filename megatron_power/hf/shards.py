@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..training.rundir import rank_files
+
 _EXPERT = re.compile(r"^(?P<head>.*\.local_experts\.)(?P<index>\d+)(?P<tail>\..*)$")
 _COLUMN = re.compile(r"(word_embeddings|output_layer|linear_qkv|linear_fc1)\.weight$")
 _ROW = re.compile(r"(linear_proj|linear_fc2)\.weight$")
@@ -24,7 +26,7 @@ _GATED = re.compile(r"linear_fc1\.weight$")
 
 def read_rank_files(checkpoint: Path) -> list[dict]:
     """Every rank's saved state, with its grid position; refuses files that lack one."""
-    files = sorted(Path(checkpoint).glob("rank*.pt"))
+    files = rank_files(Path(checkpoint))
     if not files:
         raise ValueError(f"CKPT: {checkpoint} holds no rank*.pt files")
     states = [torch.load(file, map_location="cpu", weights_only=False) for file in files]
