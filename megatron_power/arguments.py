@@ -259,9 +259,8 @@ def knob_table() -> str:
         flags = " ".join(f"`{flag}`" for flag in meta.flags())
         default = default_of(item)
         shown = "required" if item.default is dataclasses.MISSING else f"`{default}`"
-        lines.append(
-            f"| `{item.name}`: {meta.help} | {flags} | {pretrain} | {shown} | {_allowed(item, meta)} |"
-        )
+        allowed = _allowed(item, meta)
+        lines.append(f"| `{item.name}`: {meta.help} | {flags} | {pretrain} | {shown} | {allowed} |")
     lines += [
         "",
         "| muP knob | Megatron-LM flag (with `--power-mup`) | `pretrain` flag | default "
