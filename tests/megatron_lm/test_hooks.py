@@ -91,11 +91,11 @@ TREE_FLAGS = [
 ]  # fmt: skip
 
 
-def run_in_tree(*extra):
+def run_in_tree(*extra, flags=TREE_FLAGS):
     env = dict(os.environ, PYTHONPATH=f"{TREE}{os.pathsep}{REPO}", WORLD_SIZE="1", RANK="0")
     return subprocess.run(
         [sys.executable, "-m", "megatron_power.launch",
-         str(REPO / "tests/support/megatron_lm_check.py"), *TREE_FLAGS, *extra],
+         str(REPO / "tests/support/megatron_lm_check.py"), *flags, *extra],
         capture_output=True, text=True, check=False, env=env, cwd=REPO, timeout=600,
     )  # fmt: skip
 
@@ -119,6 +119,22 @@ def test_real_megatron_lm_tree_builds_the_plugin_scheduler():
         expected.append(optimizer.param_groups[0]["lr"])
     assert report["lrs"] == expected
     assert report["lrs"][-1] == 0.0
+
+
+@needs_tree
+def test_real_tree_gives_power_its_one_default_tail_shape():
+    """Without --lr-wsd-decay-style Megatron-LM's parser fills in "exponential"; the
+    launcher still runs Power's one default tail, exponential_e, as every entry point."""
+    at = TREE_FLAGS.index("--lr-wsd-decay-style")
+    result = run_in_tree(flags=TREE_FLAGS[:at] + TREE_FLAGS[at + 2 :])
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    report = json.loads(line[len("RESULT ") :])
+    assert report["settings"]["lr_wsd_decay_style"] is None
+    with_shape = json.loads(
+        next(x for x in run_in_tree().stdout.splitlines() if x.startswith("RESULT "))[7:]
+    )
+    assert report["lrs"] == with_shape["lrs"]  # the same curve as naming exponential_e
 
 
 @needs_tree
