@@ -22,6 +22,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 FITTED = ["--lr-power-a", "0.6308", "--lr-power-b", "-0.2696"]  # fit_default_power.md
+#: The embedded default's warmup, spelled out where --lr replaces the embedded schedule.
+WARMUP = ["--warmup-tokens", "32768"]
 
 RUNS: dict[str, tuple[str, list[str]]] = {
     "ppaper20": (
@@ -40,12 +42,12 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     **{
         f"wsd{tag}": (
             f"WSD lr {lr}, decay 20%",
-            ["--lr-decay-style", "WSD", "--lr", lr, "--decay-tokens", "400000"],
+            ["--lr-decay-style", "WSD", "--lr", lr, "--decay-tokens", "400000", *WARMUP],
         )
         for tag, lr in (("0025", "0.0025"), ("005", "0.005"), ("01", "0.01"), ("02", "0.02"))
     },
     **{
-        f"cos{tag}": (f"cosine lr {lr}", ["--lr-decay-style", "cosine", "--lr", lr])
+        f"cos{tag}": (f"cosine lr {lr}", ["--lr-decay-style", "cosine", "--lr", lr, *WARMUP])
         for tag, lr in (("005", "0.005"), ("01", "0.01"), ("02", "0.02"))
     },
 }
