@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from .pretrain import DEFAULTS, add_mup_arguments, mup_from_args
+from .pretrain import DEFAULTS, add_model_arguments, add_mup_arguments, mup_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", choices=["dense", "moe"], default=DEFAULTS.model)
-    parser.add_argument("--hidden-size", type=int, default=DEFAULTS.hidden_size)
-    parser.add_argument("--num-layers", type=int, default=DEFAULTS.num_layers)
-    parser.add_argument("--head-dim", type=int, default=DEFAULTS.head_dim)
-    parser.add_argument("--num-experts", type=int, default=DEFAULTS.num_experts)
-    parser.add_argument("--vocab-size", type=int, default=DEFAULTS.vocab_size)
+    model = add_model_arguments(parser)
+    model.add_argument("--vocab-size", type=int, default=DEFAULTS.vocab_size)
     parser.add_argument("--lr", type=float, default=0.02, help="base learning rate")
     parser.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
     add_mup_arguments(parser)

@@ -88,16 +88,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--ep", type=int, default=DEFAULTS.expert_model_parallel_size)
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    model = add_model_arguments(parser)
+    model.add_argument("--seq-length", type=int, default=DEFAULTS.seq_length)
+    add_mup_arguments(parser)
+    add_data_and_schedule_arguments(parser)
+    parser.set_defaults(handler=run_pretrain)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The model's shape flags (shared with ``mup-audit``)."""
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=["dense", "moe"], default=DEFAULTS.model)
     model.add_argument("--hidden-size", type=int, default=DEFAULTS.hidden_size)
     model.add_argument("--num-layers", type=int, default=DEFAULTS.num_layers)
     model.add_argument("--head-dim", type=int, default=DEFAULTS.head_dim)
     model.add_argument("--num-experts", type=int, default=DEFAULTS.num_experts)
-    model.add_argument("--seq-length", type=int, default=DEFAULTS.seq_length)
-    add_mup_arguments(parser)
-    add_data_and_schedule_arguments(parser)
-    parser.set_defaults(handler=run_pretrain)
+    return model
 
 
 def add_mup_arguments(parser: argparse.ArgumentParser) -> None:
