@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import notices
+from ..errors import TrainingDiverged
 
 notices.quiet()
 
@@ -54,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"megatron-power {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"megatron-power {args.command}: stopped: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

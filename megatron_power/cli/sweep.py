@@ -216,8 +216,11 @@ def run_fit(args: argparse.Namespace) -> int:
     if not cells:
         raise ValueError(f"RESULTS: {path} holds no successful runs")
     output = []
+    unidentified = []
     for width in widths:
         report = fit_report([cell for cell in cells if cell.hidden_size == width])
+        if report.paper is None:
+            unidentified.append(width)
         print_report(width, report)
         output.append({"hidden_size": width, "cells": [asdict(c) for c in report.cells],
                        "paper": asdict(report.paper) if report.paper else None,
@@ -232,6 +235,11 @@ def run_fit(args: argparse.Namespace) -> int:
             print(f"plot: {png}")
     if args.json:
         Path(args.json).write_text(json.dumps(output, indent=2) + "\n")
+    if unidentified:
+        raise ValueError(
+            f"RESULTS: no fit for width(s) {', '.join(map(str, unidentified))}: a and b need "
+            "at least 3 cells with an interior optimum over 2 or more token budgets (see notes)"
+        )
     return 0
 
 

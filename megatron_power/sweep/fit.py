@@ -105,7 +105,13 @@ def cells_from_results(records: Iterable[dict]) -> list[Cell]:
         loss = float(record["valid_loss"])
         if not math.isfinite(loss):
             continue
-        p = record["params"]
+        p = record.get("params")
+        needed = ("lr", "global_batch_size", "seq_length", "train_tokens")
+        if not isinstance(p, dict) or any(name not in p for name in needed):
+            raise ValueError(
+                f"RESULTS: record {record.get('id', '?')!r} has no params with "
+                f"{', '.join(needed)}; not a sweep record"
+            )
         key = (p.get("hidden_size"), int(p["global_batch_size"]), int(p["seq_length"]),
                int(p["train_tokens"]))  # fmt: skip
         grouped[key][float(p["lr"])].append(loss)
@@ -172,8 +178,14 @@ def fit_report(cells: list[Cell]) -> FitReport:
                 f"batch {cell.global_batch_size}, {cell.train_tokens} tokens: best LR "
                 f"{cell.eta_opt:g} is on the grid's edge; widen the LR grid (left out of the fit)"
             )
-    if len({cell.train_tokens for cell in usable}) < 2:
-        report.notes.append("fewer than 2 token budgets with an interior optimum: no fit")
+    budgets = len({cell.train_tokens for cell in usable})
+    if budgets < 2 or len(usable) < 3:
+        report.notes.append(
+            f"not identified: {len(usable)} cell(s) with an interior optimum over {budgets} "
+            "token budget(s); a and b need at least 3 such cells over 2 or more budgets "
+            "(so the fit has a residual and finite confidence intervals): add budgets or "
+            "widen the LR grid of the cells on its edge"
+        )
         return report
     report.paper = fit_power_law(usable, free_batch_exponent=False)
     if len({cell.global_batch_size for cell in usable}) >= 2 and len(usable) >= 4:

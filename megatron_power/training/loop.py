@@ -12,10 +12,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from ..data.indexed import build_gpt_datasets
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..errors import TrainingDiverged
+from .checkpoint import load_checkpoint, resume, save_checkpoint
 from .config import PretrainConfig
 from .data import data_prefix, get_batch, prepare_data
 from .distributed import init_distributed
@@ -24,6 +26,19 @@ from .model import build_model, model_vocab_size
 from .optimizer import build_optimizer
 from .rundir import RunDir
 from .step import average_gradients, clip_gradients, evaluate, forward_loss
+
+
+def stop_if_diverged(loss: torch.Tensor, iteration: int, run: RunDir) -> None:
+    """Every rank learns whether any rank's loss is not finite, and all stop together
+    before anything is saved, so the last good checkpoint stays the newest."""
+    finite = torch.isfinite(loss).float().reshape(1)
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite.item():
+        kept = run.latest_checkpoint()
+        raise TrainingDiverged(
+            f"loss is {loss.item()} at iteration {iteration}: training diverged (a lower --lr "
+            f"or warmup may help); last good checkpoint kept: {kept or 'none written yet'}"
+        )
 
 
 def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, Any]:
@@ -49,10 +64,10 @@ def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, An
     model, mup = build_model(config, model_vocab_size(config, meta), device)
     optimizer, scheduler = build_optimizer(config, model, mup)
 
-    start = 0
-    resume_from = init_from if init_from is not None else run.latest_checkpoint()
-    if resume_from is not None:
-        start = load_checkpoint(resume_from, model, optimizer, scheduler)
+    if init_from is not None:
+        start = load_checkpoint(init_from, model, optimizer, scheduler)
+    else:
+        start = resume(run, model, optimizer, scheduler)  # 0 for a new run
 
     progress = Progress(run, config, start, meta) if dist.get_rank() == 0 else None
     checkpoint_every = max(1, config.checkpoint_interval_tokens // config.tokens_per_step)
@@ -69,6 +84,7 @@ def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, An
         scheduler.step(config.global_batch_size)
         reduced = loss.detach().clone()
         dist.all_reduce(reduced, group=parallel_state.get_data_parallel_group())
+        stop_if_diverged(reduced / dp_size, iteration, run)
         if progress is not None:
             progress.record(iteration, (reduced / dp_size).item(), lr, grad_norm)
         stop = config.exit_interval is not None and iteration == start + config.exit_interval

@@ -10,9 +10,12 @@ A run directory::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ITER_PREFIX = "iter_"
+#: A checkpoint being written: renamed to iter_N once every rank's file is in.
+PARTIAL_SUFFIX = ".partial"
 
 
 class RunDir:
@@ -55,19 +58,40 @@ class RunDir:
     def checkpoint(self, iteration: int) -> Path:
         return self.checkpoints / f"{ITER_PREFIX}{iteration:07d}"
 
+    def partial_checkpoint(self, iteration: int) -> Path:
+        return self.checkpoints / f"{ITER_PREFIX}{iteration:07d}{PARTIAL_SUFFIX}"
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Finished checkpoint directories, newest first (partial ones are never listed)."""
+        found = [path for path in self.checkpoints.glob(f"{ITER_PREFIX}*")
+                 if path.is_dir() and iteration_of(path) is not None]  # fmt: skip
+        return sorted(found, key=iteration_of, reverse=True)
+
     def has_checkpoints(self) -> bool:
         return self.checkpoints.exists()
 
     def latest_iteration(self) -> int | None:
         pointer = self.latest_pointer
-        return int(pointer.read_text()) if pointer.exists() else None
+        text = pointer.read_text().strip() if pointer.exists() else ""
+        return int(text) if text.isdigit() else None
 
     def latest_checkpoint(self) -> Path | None:
+        """The pointer's checkpoint, or the newest complete one if the pointer is missing
+        or names none."""
         iteration = self.latest_iteration()
-        return None if iteration is None else self.checkpoint(iteration)
+        if iteration is not None and self.checkpoint(iteration).is_dir():
+            return self.checkpoint(iteration)
+        complete = self.complete_checkpoints() if self.checkpoints.exists() else []
+        return complete[0] if complete else None
 
     def write_latest(self, iteration: int) -> None:
-        self.latest_pointer.write_text(f"{iteration}\n")
+        """Atomically (temporary name, fsync, rename): the pointer is never half written."""
+        temporary = self.latest_pointer.with_name("latest.tmp")
+        with temporary.open("w") as handle:
+            handle.write(f"{iteration}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.latest_pointer)
 
 
 def rank_file(checkpoint: Path, rank: int) -> Path:

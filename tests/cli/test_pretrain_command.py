@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,47 @@ def test_coord_check_command(tmp_path, mup, code):
     from matplotlib.image import imread
 
     assert imread(png).shape[0] > 100
+
+
+def test_resume_falls_back_past_an_unreadable_checkpoint_and_ignores_partial_ones(trunk, tmp_path):
+    """A killed save can leave a truncated file (older versions) or a partial directory;
+    resume takes the newest checkpoint every rank can read, says so, and the run still
+    equals the uninterrupted one."""
+    run_dir = tmp_path / "crashed"
+    pretrain("--run-dir", run_dir, *SMALL, "--exit-interval", "4")
+    pretrain("--resume", run_dir, "--exit-interval", "4")
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text() == "8\n"
+    (checkpoints / "iter_0000008" / "rank000.pt").write_bytes(b"")  # truncated by a crash
+    junk = checkpoints / "iter_0000012.partial"
+    junk.mkdir()
+    (junk / "rank000.pt").write_bytes(b"half written")
+    result = pretrain("--resume", run_dir)
+    assert "resuming from" in result.stdout and "iter_0000004" in result.stdout
+    assert "iter_0000008 unreadable" in result.stdout
+    assert metrics(run_dir) == metrics(trunk)
+    assert not junk.exists()  # the next save clears partial directories
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "iter_0000004", "iter_0000008", "iter_0000020", "latest"
+    ]  # fmt: skip
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_checkpoint(tmp_path):
+    """--lr 1e30: iteration 1 uses the warmup's initial LR 0 (checkpointed), later ones
+    blow the weights up; the run stops at the first non-finite loss, before saving."""
+    run_dir = tmp_path / "diverging"
+    flags = ["--lr", "1e30", "--lr-decay-style", "constant", *SMALL]
+    pretrain("--run-dir", run_dir, *flags, "--exit-interval", "1")
+    before = (run_dir / "checkpoints" / "iter_0000001" / "rank000.pt").read_bytes()
+    result = pretrain("--resume", run_dir, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("megatron-power pretrain: stopped: loss is")
+    assert "training diverged" in last and "Traceback" not in result.stderr
+    stopped_at = int(last.split(" at iteration ")[1].split(":")[0])
+    rows = metrics(run_dir)  # every logged step before the stop had a finite loss
+    assert stopped_at > 1 and len(rows) == stopped_at - 1
+    assert all(math.isfinite(row["loss"]) for row in rows)
+    assert (run_dir / "checkpoints" / "latest").read_text() == "1\n"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["iter_0000001", "latest"]
+    assert (run_dir / "checkpoints" / "iter_0000001" / "rank000.pt").read_bytes() == before

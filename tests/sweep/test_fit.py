@@ -83,3 +83,36 @@ def test_fit_command_prints_flags_and_writes_a_plot(tmp_path):
     assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fit = json.loads((tmp_path / "fit.json").read_text())[0]
     assert fit["paper"]["b"]["value"] == pytest.approx(-0.4, abs=0.02)
+
+
+def test_fit_exits_non_zero_when_a_and_b_are_not_identified(tmp_path):
+    """Two cells with an interior optimum give a and b without a residual (infinite
+    confidence intervals): no flags, a non-zero exit saying what is needed."""
+    records = synthetic_records(2.5, -0.4, 1.0, noise=0.0, batches=(16,), budgets=(1e5, 2e5))
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_power.cli.main", "fit", str(results)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Power flags" not in result.stdout
+    assert "not identified: 2 cell(s)" in result.stdout
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "megatron-power fit: error: RESULTS: no fit for width(s) 128: a and b need at least 3"
+        )
+    )
+
+
+def test_fit_refuses_records_that_are_not_sweep_records(tmp_path):
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"status": "ok", "valid_loss": 2.5, "id": "x"}) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_power.cli.main", "fit", str(results)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "record 'x' has no params with lr" in result.stderr
