@@ -22,6 +22,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("checkpoint", metavar="CKPT", help="a run directory or its iter_N")
     export.add_argument("out", metavar="OUT", help="the transformers model directory to write")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     export.set_defaults(handler=run_export)
 
     load = subparsers.add_parser(
@@ -68,7 +69,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from ..hf.convert import export_granite
 
-    export_granite(Path(args.checkpoint), Path(args.out))
+    export_granite(Path(args.checkpoint), Path(args.out), overwrite=args.overwrite)
     return 0
 
 

@@ -267,8 +267,12 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
 def run_pretrain(args: argparse.Namespace) -> int:
     config, init_from = config_from_args(args)
     run = RunDir(config.run_dir)
-    if not args.resume and init_from is None and run.has_checkpoints():
-        raise ValueError(f"--run-dir: {run.path} already has checkpoints; use --resume {run.path}")
+    if not args.resume and (run.has_checkpoints() or run.config.exists()):
+        # A new run or a branch never writes over a run (a trunk's checkpoints included).
+        raise ValueError(
+            f"--run-dir: {run.path} already holds a run; continue it with --resume "
+            f"{run.path}, or choose another --run-dir"
+        )
     run.path.mkdir(parents=True, exist_ok=True)
     config.save(run.config)
     if config.nproc == 1:

@@ -8,6 +8,7 @@ checkpoints: what ``export-hf`` and ``import-hf`` do (the CLI only parses their 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,11 @@ from .granite import mup_from_granite
 
 
 # ------------------------------------------------------------------------- export
-def export_granite(checkpoint_or_run: Path, out: Path) -> str:
+def export_granite(checkpoint_or_run: Path, out: Path, overwrite: bool = False) -> str:
     """Write a run's checkpoint (a run directory: its latest) as a transformers Granite /
-    GraniteMoE model directory; returns the architecture."""
+    GraniteMoE model directory; returns the architecture. The directory is written under a
+    temporary name and renamed when complete; an existing OUT is replaced only with
+    ``overwrite``."""
     from safetensors.torch import save_file
 
     from ..data.indexed import read_meta
@@ -38,6 +41,9 @@ def export_granite(checkpoint_or_run: Path, out: Path) -> str:
     from .granite import granite_config, shape_of, to_granite
     from .shards import gather_state_dict, read_rank_files
 
+    final = Path(out)
+    if final.exists() and any(final.iterdir()) and not overwrite:
+        raise ValueError(f"OUT: {final} exists and is not empty; pass --overwrite to replace it")
     run, checkpoint = resolve_checkpoint(Path(checkpoint_or_run))
     config = PretrainConfig.load(run.config)
     megatron_config, mup = transformer_config(config)
@@ -55,8 +61,9 @@ def export_granite(checkpoint_or_run: Path, out: Path) -> str:
         eos_token_id=meta.get("eod", config.extra.get("eos_token_id")),
     )
     tensors = to_granite(full, shape_of(hf_config))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     tokenizer = meta.get("tokenizer_model") or config.tokenizer_model
@@ -65,7 +72,12 @@ def export_granite(checkpoint_or_run: Path, out: Path) -> str:
     provenance = {"run_config": json.loads(run.config.read_text()),
                   "checkpoint": str(checkpoint)}  # fmt: skip
     (out / "megatron_power.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    print(f"exported {checkpoint} -> {out} ({hf_config['architectures'][0]})")
+    if final.exists():
+        replaced = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        os.replace(final, replaced)
+        shutil.rmtree(replaced)
+    os.replace(out, final)
+    print(f"exported {checkpoint} -> {final} ({hf_config['architectures'][0]})")
     return hf_config["architectures"][0]
 
 

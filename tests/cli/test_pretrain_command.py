@@ -208,3 +208,17 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_checkpoint(tmp_p
     assert (run_dir / "checkpoints" / "latest").read_text() == "1\n"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["iter_0000001", "latest"]
     assert (run_dir / "checkpoints" / "iter_0000001" / "rank000.pt").read_bytes() == before
+
+
+def test_a_new_run_or_branch_never_writes_over_a_run(trunk, tmp_path):
+    before = {p: p.read_bytes() for p in trunk.rglob("*") if p.is_file()}
+    fresh = pretrain("--run-dir", trunk, *SMALL, check=False)
+    branch = pretrain("--init-from", trunk / "checkpoints/iter_0000020", "--run-dir", trunk,
+                      "--branch-decay-tokens", "20480", check=False)  # fmt: skip
+    for result in (fresh, branch):
+        assert result.returncode == 2
+        assert (
+            f"--run-dir: {trunk} already holds a run; continue it with --resume"
+            in (result.stderr.strip().splitlines()[-1])
+        )
+    assert {p: p.read_bytes() for p in trunk.rglob("*") if p.is_file()} == before

@@ -267,3 +267,19 @@ def test_release_layout_is_where_megatron_lm_looks(runs, tmp_path):
     assert lines[-3] == "(0, True)"
     for line in lines[-2:]:
         assert Path(line).is_file(), line
+
+
+def test_export_never_overwrites_without_the_flag(runs, tmp_path):
+    out = tmp_path / "exported"
+    megatron_power("export-hf", runs["dense"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = megatron_power("export-hf", runs["moe"], out, check=False)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"megatron-power export-hf: error: OUT: {out} exists and is not empty; "
+        "pass --overwrite to replace it"
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    megatron_power("export-hf", runs["moe"], out, "--overwrite")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "granitemoe"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
