@@ -225,10 +225,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
 
 def data_and_schedule_fields(args: argparse.Namespace) -> dict:
     """PretrainConfig fields set by :func:`add_data_and_schedule_arguments`' flags."""
+    # The user's files are named from the working directory: recorded absolute, once.
     return dict(
-        data=args.data,
+        data=args.data if args.data == "markov" else str(Path(args.data).resolve()),
         vocab_size=args.vocab_size,
-        tokenizer_model=args.tokenizer_model,
+        tokenizer_model=str(Path(args.tokenizer_model).resolve()) if args.tokenizer_model else None,
         schedule=schedule_from_args(args),
         train_tokens=args.train_tokens,
         global_batch_size=args.global_batch_size,
@@ -255,7 +256,11 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
     config = dataclasses.replace(
         config,
         run_dir=args.run_dir,
-        data_dir=config.data_dir or str(trunk.data),
+        # the trunk's tokens, relative to the branch: the two can move together
+        data_dir=os.path.relpath(
+            (config.path(config.data_dir) if config.data_dir else trunk.data).resolve(),
+            Path(args.run_dir).resolve(),
+        ),
         schedule=schedule,
         train_tokens=start_tokens + args.branch_decay_tokens,
         exit_interval=None,

@@ -4,6 +4,7 @@ field per line) tokenized with SentencePiece - trained on the fly when no model 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,19 @@ def read_documents(path: Path) -> list[str]:
     return [block.strip() for block in text.split("\n\n") if block.strip()]
 
 
-def tokenize_text(config: Any, run_dir: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Token documents (each ending in end-of-document) and the metadata the loop needs."""
+def tokenize_text(
+    config: Any, run_dir: Path, data_dir: Path
+) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Token documents (each ending in end-of-document) and the metadata the loop needs.
+    A tokenizer trained here is recorded relative to ``data_dir`` (where the metadata
+    lives), so the run directory can be moved."""
     import sentencepiece as spm
 
     source = Path(config.data)
     documents = read_documents(source)
     if not documents:
         raise ValueError(f"--data: {source} has no text")
-    model_path = Path(config.tokenizer_model) if config.tokenizer_model else None
+    model_path = config.path(config.tokenizer_model) if config.tokenizer_model else None
     if model_path is None:
         model_path = run_dir / "tokenizer.model"
         corpus = run_dir / "tokenizer_corpus.txt"
@@ -51,7 +56,7 @@ def tokenize_text(config: Any, run_dir: Path) -> tuple[list[np.ndarray], dict[st
     tokens = [np.array([*processor.encode(doc), eod], dtype=np.int64) for doc in documents]
     meta = {
         "source": str(source),
-        "tokenizer_model": str(model_path),
+        "tokenizer_model": os.path.relpath(model_path.resolve(), data_dir.resolve()),
         "vocab_size": processor.get_piece_size(),
         "eod": eod,
         "num_tokens": int(sum(len(t) for t in tokens)),

@@ -66,9 +66,10 @@ def export_granite(checkpoint_or_run: Path, out: Path, overwrite: bool = False) 
     out.mkdir(parents=True)
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    tokenizer = meta.get("tokenizer_model") or config.tokenizer_model
-    if tokenizer:
-        write_tokenizer(Path(tokenizer), out)
+    if meta.get("tokenizer_model"):  # recorded relative to the data directory
+        write_tokenizer(prefix.parent / meta["tokenizer_model"], out)
+    elif config.tokenizer_model:
+        write_tokenizer(config.path(config.tokenizer_model), out)
     provenance = {"run_config": json.loads(run.config.read_text()),
                   "checkpoint": str(checkpoint)}  # fmt: skip
     (out / "megatron_power.json").write_text(json.dumps(provenance, indent=2) + "\n")
@@ -208,7 +209,7 @@ def import_granite(
     if config.tokenizer_model is None and tokenizer.is_file():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tokenizer, out / "tokenizer.model")
-        config.tokenizer_model = str(out / "tokenizer.model")
+        config.tokenizer_model = "tokenizer.model"  # inside the run: relative to it
     config.validate()
     full = from_granite(read_hf_tensors(directory), shape)
     ranks = split_state_dict(full, options.tp, options.ep, shape.num_experts)

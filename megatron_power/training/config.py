@@ -75,7 +75,7 @@ class PretrainConfig:
     mup: dict[str, Any] | None = field(default_factory=lambda: dict(EMBEDDED_MUP))
     # data
     data: str = "markov"  # markov | path to .txt / .jsonl
-    data_dir: str | None = None  # default <run_dir>/data; branches share their trunk's
+    data_dir: str | None = None  # default <run_dir>/data; a branch's: its trunk's, relative
     vocab_size: int = 128  # markov vocabulary / SentencePiece model size
     markov_seed: int = 1234
     markov_concentration: float = 0.05
@@ -180,12 +180,23 @@ class PretrainConfig:
         except ValueError as error:
             raise ValueError(name_the_mup_flag(str(error))) from None
 
+    def path(self, recorded: str) -> Path:
+        """A path recorded in the run (data directory, tokenizer) resolved against the run
+        directory, never the working directory: an absolute one stays as it is."""
+        return Path(self.run_dir) / recorded
+
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        """config.json holds no path to its own run directory: wherever the directory is
+        copied or moved, it is the run directory (see :meth:`load`)."""
+        data = asdict(self)
+        del data["run_dir"]
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> PretrainConfig:
+        """The run whose config.json is ``path``; its run directory is where it lies."""
         data = json.loads(path.read_text())
+        data["run_dir"] = str(Path(path).parent)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

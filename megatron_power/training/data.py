@@ -16,7 +16,8 @@ from .rundir import RunDir
 
 def data_prefix(config: PretrainConfig) -> Path:
     """Where the run's tokens live; a branch run shares its trunk's."""
-    return Path(config.data_dir or RunDir(config.run_dir).data) / "tokens"
+    directory = config.path(config.data_dir) if config.data_dir else RunDir(config.run_dir).data
+    return directory / "tokens"
 
 
 def prepare_data(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def prepare_data(config: PretrainConfig, run_dir: Path) -> dict[str, Any]:
         else:
             from ..data.text import tokenize_text
 
-            documents, meta = tokenize_text(config, run_dir)
+            documents, meta = tokenize_text(config, run_dir, prefix.parent)
         write_indexed(prefix, documents, meta["vocab_size"])
         write_meta(prefix, meta)
     dist.barrier()

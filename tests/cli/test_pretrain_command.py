@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ import pytest
 SMALL = ["--train-tokens", "40960", "--warmup-tokens", "8192"]  # 20 steps of 16 x 128 tokens
 
 
-def pretrain(*args, check=True):
+def pretrain(*args, check=True, cwd=None):
     result = subprocess.run(
         [sys.executable, "-m", "megatron_power.cli.main", "pretrain", *map(str, args)],
-        capture_output=True, text=True, check=False, timeout=900,
+        capture_output=True, text=True, check=False, timeout=900, cwd=cwd,
     )  # fmt: skip
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -222,3 +223,18 @@ def test_a_new_run_or_branch_never_writes_over_a_run(trunk, tmp_path):
             in (result.stderr.strip().splitlines()[-1])
         )
     assert {p: p.read_bytes() for p in trunk.rglob("*") if p.is_file()} == before
+
+
+def test_a_copied_run_directory_resumes_where_it_now_is(trunk, tmp_path):
+    """A run directory records no path to itself: a copy, resumed by its absolute path
+    from another working directory, trains on in the copy and leaves the original alone."""
+    original = tmp_path / "original"
+    pretrain("--run-dir", original, *SMALL, "--exit-interval", "8")
+    recorded = (original / "config.json").read_text()
+    assert str(original) not in recorded and '"run_dir"' not in recorded
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(original, elsewhere / "copy")
+    pretrain("--resume", (elsewhere / "copy").resolve(), cwd=elsewhere.parent.parent)
+    assert metrics(elsewhere / "copy") == metrics(trunk)
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
