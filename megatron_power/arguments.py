@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from .knobs import Knob, Unit, default_of, flag_naming, knob_of, knobs
+from .knobs import Knob, Unit, default_of, dest_of, flag_naming, knob_of, knobs
 from .mup.rules import MupConfig
 from .schedules.settings import ScheduleSettings
 
@@ -40,7 +40,7 @@ def add_knob_argument(
     ``unit`` is what a counted knob's flag counts (iters, samples, tokens, fraction);
     the default is always None (not given), so the knob's own default applies once.
     """
-    options: dict[str, Any] = {"default": None, "dest": flag.removeprefix("--").replace("-", "_")}
+    options: dict[str, Any] = {"default": None, "dest": dest_of(flag)}
     default = default_of(item)
     if isinstance(default, bool):  # a switch: the flag sets the other value
         options.update(action="store_const", const=not default, dest=dest or options["dest"])
@@ -116,9 +116,9 @@ def _counted(
 
     Megatron-LM's own flags follow its rule: an iteration-based run reads ``-iters``, a
     sample-based one ``-samples`` (it refuses the other). The plugin's take either."""
-    stem = meta.flag.removeprefix("--").replace("-", "_")
-    iters, samples = _given(args, f"{stem}_iters"), _given(args, f"{stem}_samples")
-    fraction = _given(args, f"{stem}_fraction") if meta.fraction else None
+    iters = _given(args, dest_of(f"{meta.flag}-iters"))
+    samples = _given(args, dest_of(f"{meta.flag}-samples"))
+    fraction = _given(args, dest_of(f"{meta.flag}-fraction")) if meta.fraction else None
     if fraction is not None:
         if _meaningful(iters) or _meaningful(samples):
             raise ValueError(f"{meta.flag}-fraction: give it or {meta.flag}-iters/-samples")
@@ -148,7 +148,7 @@ def fraction_of_run(meta: Knob, fraction: float, horizon: float, batch: int | No
     """A fraction of the decay horizon (lr_decay_steps, the run by default). Megatron-LM's
     warmup fraction stays a float of samples, as Megatron computes it; the plugin's
     lengths are whole iterations of the global batch."""
-    if meta.flag == "--lr-warmup" or not batch:
+    if meta.fraction_is_megatron_lm_s or not batch:
         return fraction * horizon
     return round(fraction * horizon / batch) * batch
 

@@ -93,14 +93,19 @@ class Knob:
     fraction: bool = False
     megatron_lm_owns: bool = False
     plugin_fraction: bool = False  # Megatron-LM owns the flag but not its -fraction form
-    megatron_lm_dest: str | None = None  # the name in Megatron-LM's args, where it differs
     pretrain_flag: str | None = None
     pretrain_from: str | None = None
     pretrain_fraction_flag: str | None = None
 
     @property
     def dest(self) -> str:
-        return self.megatron_lm_dest or self.flag.removeprefix("--").replace("-", "_")
+        return dest_of(self.flag)
+
+    @property
+    def fraction_is_megatron_lm_s(self) -> bool:
+        """Megatron-LM's own ``-fraction`` (warmup): a float of samples, as Megatron keeps
+        it; the plugin's are whole iterations."""
+        return self.fraction and self.megatron_lm_owns and not self.plugin_fraction
 
     def flags(self) -> list[str]:
         """Every Megatron-LM flag that sets this knob."""
@@ -133,6 +138,11 @@ class Knob:
         if self.check is not None:
             for item in value if self.many else (value,):
                 self.check.check(name, item)
+
+
+def dest_of(flag: str) -> str:
+    """argparse's attribute for a flag (``--lr-power-a`` -> ``lr_power_a``)."""
+    return flag.removeprefix("--").replace("-", "_")
 
 
 def knob(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:

@@ -31,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import add_knob_argument
-from ..knobs import Unit, knob_of, knobs
+from ..knobs import Unit, dest_of, knob_of, knobs
 from ..mup.rules import MupConfig
 from ..schedules.settings import ScheduleSettings
-from ..training.config import EMBEDDED_MUP, EMBEDDED_SCHEDULE, PretrainConfig, fraction_key
+from ..training.config import (
+    EMBEDDED_MUP,
+    EMBEDDED_SCHEDULE,
+    FRACTION,
+    PretrainConfig,
+    fraction_key,
+)
 from ..training.rundir import RunDir, iteration_of, run_of_checkpoint
 
 DEFAULTS = PretrainConfig()
@@ -44,8 +50,8 @@ def embedded_flags(values: dict[str, Any], cls: Any) -> list[str]:
     """Pretrain flags that spell out a dict of knob values (fractions as -fraction)."""
     flags: list[str] = []
     for name, value in values.items():
-        meta = knob_of(cls, name.removesuffix("_fraction"))
-        flag = meta.pretrain_fraction_flag if name.endswith("_fraction") else meta.pretrain_flag
+        meta = knob_of(cls, name.removesuffix(FRACTION))
+        flag = meta.pretrain_fraction_flag if name.endswith(FRACTION) else meta.pretrain_flag
         flags += [flag, str(value)]
     return flags
 
@@ -140,19 +146,15 @@ def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
             add_knob_argument(schedule, item, meta, meta.pretrain_fraction_flag, "fraction")
 
 
-def _dest(flag: str) -> str:
-    return flag.removeprefix("--").replace("-", "_")
-
-
 def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The schedule knobs the flags set, in tokens (a fraction under its own key); without
     ``--lr``, on top of the embedded default schedule."""
     values: dict[str, Any] = {}
     for item, meta in knobs(ScheduleSettings):
-        given = getattr(args, _dest(meta.pretrain_flag), None) if meta.pretrain_flag else None
+        given = getattr(args, dest_of(meta.pretrain_flag), None) if meta.pretrain_flag else None
         share = None
         if meta.pretrain_fraction_flag:
-            share = getattr(args, _dest(meta.pretrain_fraction_flag), None)
+            share = getattr(args, dest_of(meta.pretrain_fraction_flag), None)
         if given is not None and share is not None:
             raise ValueError(
                 f"{meta.pretrain_flag} and {meta.pretrain_fraction_flag}: give one, not both"
@@ -166,7 +168,7 @@ def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
     embedded = {  # the embedded default, less what the flags set (in either unit)
         name: value
         for name, value in EMBEDDED_SCHEDULE.items()
-        if name.removesuffix("_fraction") not in {key.removesuffix("_fraction") for key in values}
+        if name.removesuffix(FRACTION) not in {key.removesuffix(FRACTION) for key in values}
     }
     return {**embedded, **values}
 
@@ -174,9 +176,9 @@ def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def mup_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
     """The muP knobs (the embedded model's without --mup-base-hidden-size); None: SP."""
     values = {
-        item.name: getattr(args, _dest(meta.pretrain_flag))
+        item.name: getattr(args, dest_of(meta.pretrain_flag))
         for item, meta in knobs(MupConfig)
-        if getattr(args, _dest(meta.pretrain_flag), None) is not None
+        if getattr(args, dest_of(meta.pretrain_flag), None) is not None
     }
     if args.no_mup:
         if values:
@@ -251,8 +253,8 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
     )
     for name in ("lr_wsd_decay_style", "lr_branch_decay_style"):  # shapes may be chosen anew
         flag = knob_of(ScheduleSettings, name).pretrain_flag
-        if getattr(args, _dest(flag)) is not None:
-            schedule[name] = getattr(args, _dest(flag))
+        if getattr(args, dest_of(flag)) is not None:
+            schedule[name] = getattr(args, dest_of(flag))
     config = dataclasses.replace(
         config,
         run_dir=args.run_dir,

@@ -37,7 +37,7 @@ from ..arguments import (
     name_the_mup_flag,
     settings_from_args,
 )
-from ..knobs import knobs
+from ..knobs import dest_of, knobs
 from ..megatron.mup import (
     apply_mup,
     mup_config_overrides,
@@ -88,7 +88,7 @@ def uses_plugin(args: argparse.Namespace) -> bool:
         for flag in meta.flags():
             if flag in meta.megatron_lm_flags():
                 continue
-            if getattr(args, flag.removeprefix("--").replace("-", "_"), None) is not None:
+            if getattr(args, dest_of(flag), None) is not None:
                 return True
     return False
 
