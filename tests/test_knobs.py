@@ -138,7 +138,7 @@ def via_pretrain(values: dict) -> ScheduleSettings:
     args = build_parser().parse_args(["pretrain", *flags])
     if "lr_branch_decay_steps" in values:  # pretrain takes a branch's start from --init-from
         return None
-    config, _ = config_from_args(args)
+    config, _, _ = config_from_args(args)
     return config.schedule_settings()
 
 

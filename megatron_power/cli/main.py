@@ -38,7 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_parser(subparsers)
     sweep.add_parsers(subparsers)
     hf.add_parsers(subparsers)
+    for command in subparsers.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests the command line set itself (not argparse defaults): a resume compares
+    only what the user asked for."""
+    actions = parser._actions
+    defaults = [action.default for action in actions]
+    try:
+        for action in actions:
+            action.default = argparse.SUPPRESS
+        namespace, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in zip(actions, defaults, strict=True):
+            action.default = default
+    return set(vars(namespace)) - set(parser._defaults)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,14 +67,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_index = argv.index(args.command)
         argv = argv[: command_index + 1] + args.embedded_default + argv[command_index + 1 :]
         args = parser.parse_args(argv)
+    command_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    args.given = given_flags(command_parser, argv[argv.index(args.command) + 1 :])
+    prefix = f"megatron-power {args.command}"
     try:
         return args.handler(args)
     except ValueError as error:
-        print(f"megatron-power {args.command}: error: {error}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"{prefix}: error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
-        print(f"megatron-power {args.command}: stopped: {error}", file=sys.stderr)
+        print(f"{prefix}: stopped: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # an unwritable or missing path the user named
+        if args.debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{prefix}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug of ours: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(
+            f"{prefix}: internal error: {type(error).__name__}: {error} (rerun with --debug "
+            "for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

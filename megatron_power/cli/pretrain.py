@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import add_knob_argument
+from ..files import DirectoryLock
 from ..knobs import Unit, dest_of, knob_of, knobs
 from ..mup.rules import MupConfig
 from ..schedules.settings import ScheduleSettings
@@ -40,8 +41,10 @@ from ..training.config import (
     FRACTION,
     PretrainConfig,
     fraction_key,
+    settings_of,
 )
-from ..training.rundir import RunDir, iteration_of, run_of_checkpoint
+from ..training.resume import config_changes, same_lr_curve
+from ..training.rundir import CONFIG_NAME, RunDir, iteration_of, run_of_checkpoint
 
 DEFAULTS = PretrainConfig()
 
@@ -75,7 +78,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="RUN_DIR",
         default=None,
-        help="continue RUN_DIR from its latest checkpoint, same config",
+        help="continue RUN_DIR from its latest checkpoint; flags given now are compared "
+        "with the run's (--exit-interval and a longer --train-tokens that leaves the LR "
+        "curve unchanged apply; other changes are refused)",
     )
     run.add_argument(
         "--init-from",
@@ -88,6 +93,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="stop after this many iterations, with a checkpoint",
+    )
+    run.add_argument(
+        "--override-opt-param-scheduler",
+        "--override-opt_param-scheduler",
+        action="store_true",
+        help="with --resume: continue with the schedule flags given now (Megatron-LM's "
+        "switch); without it a changed schedule is refused",
     )
     run.add_argument("--nproc", type=int, default=DEFAULTS.nproc)
     run.add_argument("--tp", type=int, default=DEFAULTS.tensor_model_parallel_size)
@@ -190,20 +202,26 @@ def mup_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
     return values
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | None]:
-    """The resolved config (and the checkpoint to start from), validated before any work."""
+def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | None, bool]:
+    """The resolved config, the checkpoint to start from and whether the scheduler takes
+    this config's schedule over the checkpoint's; validated before any work."""
+    given = getattr(args, "given", set())
+    for flag in ("--exit-interval", "--branch-decay-tokens"):
+        value = getattr(args, dest_of(flag), None)
+        if value is not None and value < 1:
+            raise ValueError(f"{flag}: must be an integer >= 1, got {value}")
     if args.resume:
-        resume = RunDir(args.resume)
-        if not resume.config.is_file():
-            raise ValueError(f"--resume: {resume.path} has no config.json")
-        config = PretrainConfig.load(resume.config)
-        config.exit_interval = args.exit_interval  # a stop is per invocation, not per run
-        return config, None
+        config, override = resume_config(args, given)
+        return config, None, override
+    if "override_opt_param_scheduler" in given:
+        raise ValueError("--override-opt-param-scheduler: only with --resume")
     init_from = Path(args.init_from) if args.init_from else None
     if init_from is not None:
-        return branch_config(args, init_from), init_from
+        return branch_config(args, init_from), init_from, False
     if args.branch_decay_tokens is not None:
         raise ValueError("--branch-decay-tokens: needs --init-from CHECKPOINT")
+    if args.model != "moe" and "num_experts" in given:
+        raise ValueError("--num-experts: only applies with --model moe")
     config = PretrainConfig(
         run_dir=args.run_dir or DEFAULTS.run_dir,
         **data_and_schedule_fields(args),
@@ -222,7 +240,103 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
         exit_interval=args.exit_interval,
     )
     config.validate()
-    return config, None
+    return config, None, False
+
+
+#: pretrain flags whose argparse dest is not the config field's name.
+FIELD_OF_DEST = {"tp": "tensor_model_parallel_size", "ep": "expert_model_parallel_size"}
+#: Flags a resume applies as given: they do not change the run's math.
+PER_INVOCATION = {"exit_interval"}
+
+
+def resume_config(args: argparse.Namespace, given: set[str]) -> tuple[PretrainConfig, bool]:
+    """The saved run with the flags given now on top. A change that alters the math is
+    refused, naming each flag with its old and new value, unless it is a schedule change
+    and ``--override-opt-param-scheduler`` accepts it; ``--exit-interval`` and a longer
+    ``--train-tokens`` that leaves the trained part of the LR curve unchanged apply."""
+    resume = RunDir(args.resume)
+    if not resume.config.is_file():
+        raise ValueError(f"--resume: {resume.path} has no config.json")
+    for dest in ("run_dir", "init_from"):
+        if dest in given:
+            raise ValueError(f"--{dest.replace('_', '-')}: not with --resume (the run "
+                             f"continues in {resume.path})")  # fmt: skip
+    current = PretrainConfig.load(resume.config)
+    # What the newest checkpoint was trained with is the truth (config.json may be edited).
+    latest = resume.latest_checkpoint()
+    trained = current
+    if latest is not None and (latest / CONFIG_NAME).is_file():
+        trained = PretrainConfig.load(latest / CONFIG_NAME)
+        trained.run_dir = current.run_dir
+    asked = overlay_flags(current, args, given)
+    try:
+        asked.validate()
+    except ValueError as error:
+        raise ValueError(f"--resume: {error}") from None
+    changes = config_changes(trained, asked)
+    schedule_changes = [c for c in changes if c.schedule]
+    longer = any(c.field == "train_tokens" for c in changes) and same_lr_curve(trained, asked)
+    if longer:  # a longer run, the same LR at every step trained or planned so far
+        changes = [c for c in changes if c.field != "train_tokens"]
+        schedule_changes = [c for c in schedule_changes if c.field != "train_tokens"]
+        print(f"--train-tokens: extending the run to {asked.train_tokens} tokens "
+              "(the LR curve so far is unchanged)")  # fmt: skip
+    refused = [c for c in changes if not c.schedule]
+    if not args.override_opt_param_scheduler:
+        refused += schedule_changes
+    if refused:
+        accept = ""
+        if schedule_changes:
+            accept = ("; --override-opt-param-scheduler accepts the schedule's changes" if
+                      not args.override_opt_param_scheduler else "")  # fmt: skip
+        fixed = [c for c in refused if not c.schedule]
+        hint = (" (model, data, seed, batch and layout cannot change in a run: start a new "
+                "--run-dir, or --init-from one of its checkpoints)") if fixed else ""  # fmt: skip
+        raise ValueError(
+            f"--resume: {resume.path} was trained with other settings: "
+            + ", ".join(str(c) for c in refused)
+            + accept
+            + hint
+        )
+    if schedule_changes:
+        print("--override-opt-param-scheduler: continuing with the new schedule: "
+              + ", ".join(str(c) for c in schedule_changes))  # fmt: skip
+    asked.exit_interval = args.exit_interval  # a stop is per invocation, not per run
+    return asked, bool(schedule_changes) or longer
+
+
+def overlay_flags(saved: PretrainConfig, args: argparse.Namespace, given: set[str]):
+    """``saved`` with every flag the user gave on top (fractions re-resolved)."""
+    settings = settings_of(PretrainConfig)
+    changes: dict[str, Any] = {}
+    for dest in given:
+        name = FIELD_OF_DEST.get(dest, dest)
+        if name in settings and settings[name].flag is not None:
+            changes[name] = getattr(args, dest)
+    for name in ("data", "tokenizer_model"):
+        if name in changes and changes[name] not in (None, "markov"):
+            changes[name] = str(Path(changes[name]).resolve())
+    schedule = dict(saved.schedule)
+    for item, meta in knobs(ScheduleSettings):
+        for flag, key in ((meta.pretrain_flag, item.name),
+                          (meta.pretrain_fraction_flag, fraction_key(item.name))):  # fmt: skip
+            if flag and dest_of(flag) in given:
+                schedule.pop(item.name, None)
+                schedule[key] = getattr(args, dest_of(flag))
+    mup = saved.mup
+    mup_given = {
+        item.name: getattr(args, dest_of(meta.pretrain_flag))
+        for item, meta in knobs(MupConfig)
+        if dest_of(meta.pretrain_flag) in given
+    }
+    if args.no_mup:
+        mup = mup_from_args(args)  # None, or the error for muP flags with --no-mup
+    elif mup_given:
+        base = saved.mup if saved.mup is not None else {}
+        if "base_hidden_size" not in {**base, **mup_given}:
+            base = {**EMBEDDED_MUP, **base}
+        mup = {**base, **mup_given}
+    return dataclasses.replace(saved, **changes, schedule=schedule, mup=mup)
 
 
 def data_and_schedule_fields(args: argparse.Namespace) -> dict:
@@ -272,26 +386,28 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    config, init_from = config_from_args(args)
+    config, init_from, override = config_from_args(args)
     run = RunDir(config.run_dir)
-    if not args.resume and (run.has_checkpoints() or run.config.exists()):
-        # A new run or a branch never writes over a run (a trunk's checkpoints included).
-        raise ValueError(
-            f"--run-dir: {run.path} already holds a run; continue it with --resume "
-            f"{run.path}, or choose another --run-dir"
-        )
-    run.path.mkdir(parents=True, exist_ok=True)
-    config.save(run.config)
-    if config.nproc == 1:
-        from ..training.loop import train
+    with DirectoryLock(run.path, "--resume" if args.resume else "--run-dir"):
+        if not args.resume and (run.has_checkpoints() or run.config.exists()):
+            # A new run or a branch never writes over a run (a trunk's checkpoints included).
+            raise ValueError(
+                f"--run-dir: {run.path} already holds a run; continue it with --resume "
+                f"{run.path}, or choose another --run-dir"
+            )
+        config.save(run.config)
+        if config.nproc == 1:
+            from ..training.loop import train
 
-        train(config, init_from)
-        return 0
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        "--nproc-per-node", str(config.nproc),
-        "-m", "megatron_power.training.worker", str(run.config),
-    ]  # fmt: skip
-    if init_from is not None:
-        command.append(str(init_from))
-    return subprocess.run(command, env=dict(os.environ), check=False).returncode
+            train(config, init_from, override_schedule=override)
+            return 0
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(config.nproc),
+            "-m", "megatron_power.training.worker", str(run.config),
+        ]  # fmt: skip
+        if init_from is not None:
+            command += ["--init-from", str(init_from)]
+        if override:
+            command.append("--override-schedule")
+        return subprocess.run(command, env=dict(os.environ), check=False).returncode

@@ -172,8 +172,8 @@ def import_granite(
     directory, out = Path(directory), Path(out)
     if not (directory / "config.json").is_file():
         raise ValueError(f"DIR: {directory} has no config.json")
-    if RunDir(out).has_checkpoints():
-        raise ValueError(f"OUT: {out} already has checkpoints")
+    if RunDir(out).has_checkpoints() or RunDir(out).config.exists():
+        raise ValueError(f"OUT: {out} already holds a run; choose another directory")
     hf = json.loads((directory / "config.json").read_text())
     _refuse_hf(hf)
     shape = shape_of(hf)

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..files import atomic_write_text
 from .distributed import parallel_ranks
-from .rundir import PARTIAL_SUFFIX, RunDir, rank_file
+from .rundir import CONFIG_NAME, PARTIAL_SUFFIX, RunDir, rank_file
 
 
 class CheckpointError(ValueError):
@@ -36,8 +37,11 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def save_checkpoint(run: RunDir, iteration: int, model, optimizer, scheduler) -> None:
-    """Every rank writes its file into ``iter_N.partial``; once all have, rank 0 renames
+def save_checkpoint(
+    run: RunDir, iteration: int, model, optimizer, scheduler, config_json: str
+) -> None:
+    """Every rank writes its file into ``iter_N.partial`` (rank 0 also the config the
+    checkpoint was trained with, which ``--resume`` compares); once all have, rank 0 renames
     the directory to ``iter_N`` and then moves the latest pointer. A crash at any moment
     leaves the previous checkpoint and pointer as they were; partial directories are
     never read (and are cleared by the next save)."""
@@ -59,6 +63,7 @@ def save_checkpoint(run: RunDir, iteration: int, model, optimizer, scheduler) ->
     atomic_save(state, rank_file(partial, rank))
     dist.barrier()
     if rank == 0:
+        atomic_write_text(partial / CONFIG_NAME, config_json)
         _fsync_directory(partial)
         if final.exists():  # a checkpoint of this iteration from before a fallback
             replaced = final.with_name(final.name + ".replaced")
@@ -129,7 +134,13 @@ def apply_state(path: Path, state: dict, model, optimizer, scheduler) -> int:
     else:
         model.load_state_dict(state["model"])
     if state.get("optimizer") is not None:
+        # Each group's LR range is this run's (muP's per-group max_lr/min_lr under the
+        # schedule asked for), not the checkpoint's: an accepted schedule override applies.
+        ranges = [{key: group[key] for key in ("max_lr", "min_lr") if key in group}
+                  for group in optimizer.param_groups]  # fmt: skip
         optimizer.load_state_dict(state["optimizer"])
+        for group, kept in zip(optimizer.param_groups, ranges, strict=True):
+            group.update(kept)
     if state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if state.get("rng") is not None:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..knobs import Unit, flag_naming, knobs
+from ..files import atomic_write_text
+from ..knobs import Range, Unit, flag_naming, knobs
 from ..mup.rules import ModelShape, MupConfig
 from ..schedules.settings import ScheduleSettings
 
@@ -50,55 +51,85 @@ def fraction_key(name: str) -> str:
     return name + FRACTION
 
 
+SETTING = "megatron_power_setting"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A pretrain field's flag (None: set by import-hf or config.json only) and its check."""
+
+    flag: str | None = None
+    check: Range | None = None
+    choices: tuple[str, ...] | None = None
+
+
+def setting(default: Any, flag: str | None = None, check: Range | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:  # fmt: skip
+    """A PretrainConfig field with the flag that sets it and the values it allows."""
+    metadata = {SETTING: Setting(flag, check, choices)}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def settings_of(cls: Any = None) -> dict[str, Setting]:
+    """Each PretrainConfig field's :class:`Setting` (fields without one: ``Setting()``)."""
+    return {f.name: f.metadata.get(SETTING, Setting()) for f in fields(cls or PretrainConfig)}
+
+
+_POSITIVE_COUNT = Range(low=1, integer=True)  # None, where allowed, skips the check
+
+
 @dataclass
 class PretrainConfig:
     """Everything a run needs; counts are tokens unless named otherwise."""
 
     run_dir: str = "runs/default"
     # model
-    model: str = "dense"  # dense | moe
-    hidden_size: int = 128
-    num_layers: int = 4
-    head_dim: int = 32
-    ffn_hidden_size: int | None = None  # default 2 x hidden (SwiGLU)
-    num_query_groups: int | None = None  # grouped-query attention; default = heads
-    rotary_base: int = 10_000
-    norm_epsilon: float = 1e-5
+    model: str = setting("dense", "--model", choices=("dense", "moe"))
+    hidden_size: int = setting(128, "--hidden-size", _POSITIVE_COUNT)
+    num_layers: int = setting(4, "--num-layers", _POSITIVE_COUNT)
+    head_dim: int = setting(32, "--head-dim", _POSITIVE_COUNT)
+    ffn_hidden_size: int | None = setting(None, None, _POSITIVE_COUNT)  # default 2 x hidden
+    num_query_groups: int | None = setting(None, None, _POSITIVE_COUNT)  # GQA; default heads
+    rotary_base: int = setting(10_000, None, Range(low=0, low_open=True))
+    norm_epsilon: float = setting(1e-5, None, Range(low=0, low_open=True))
     share_embeddings: bool = False  # tie the readout to the input embedding
-    padded_vocab_size: int | None = None  # model vocabulary when larger than the data's
-    num_experts: int = 8
-    moe_router_topk: int = 2
-    moe_ffn_hidden_size: int | None = None  # default hidden
-    seq_length: int = 128
-    init_method_std: float = 0.02
+    padded_vocab_size: int | None = setting(None, None, _POSITIVE_COUNT)  # model vocabulary
+    num_experts: int = setting(8, "--num-experts", _POSITIVE_COUNT)
+    moe_router_topk: int = setting(2, None, _POSITIVE_COUNT)
+    moe_ffn_hidden_size: int | None = setting(None, None, _POSITIVE_COUNT)  # default hidden
+    seq_length: int = setting(128, "--seq-length", _POSITIVE_COUNT)
+    init_method_std: float = setting(0.02, None, Range(low=0, low_open=True))
     # muP: MupConfig fields; None is standard parameterisation
     mup: dict[str, Any] | None = field(default_factory=lambda: dict(EMBEDDED_MUP))
     # data
-    data: str = "markov"  # markov | path to .txt / .jsonl
+    data: str = setting("markov", "--data")  # markov | path to .txt / .jsonl
     data_dir: str | None = None  # default <run_dir>/data; a branch's: its trunk's, relative
-    vocab_size: int = 128  # markov vocabulary / SentencePiece model size
-    markov_seed: int = 1234
-    markov_concentration: float = 0.05
-    tokenizer_model: str | None = None
+    vocab_size: int = setting(128, "--vocab-size", Range(low=2, integer=True))
+    markov_seed: int = setting(1234, None, Range(low=0, integer=True))
+    markov_concentration: float = setting(0.05, None, Range(low=0, low_open=True))
+    tokenizer_model: str | None = setting(None, "--tokenizer-model")
     # schedule: ScheduleSettings fields, counts in tokens; the run's length and sequence
     # length come from train_tokens and seq_length
     schedule: dict[str, Any] = field(default_factory=lambda: dict(EMBEDDED_SCHEDULE))
     # training
-    train_tokens: int = 2_000_000
-    global_batch_size: int = 16  # sequences
-    weight_decay: float = 0.1
-    adam_beta2: float = 0.95
-    clip_grad: float = 1.0
-    seed: int = 0
+    train_tokens: int = setting(2_000_000, "--train-tokens", _POSITIVE_COUNT)
+    global_batch_size: int = setting(16, "--global-batch-size", _POSITIVE_COUNT)  # sequences
+    weight_decay: float = setting(0.1, None, Range(low=0))
+    adam_beta2: float = setting(0.95, None, Range(low=0, high=1, high_open=True))
+    clip_grad: float = setting(1.0, None, Range(low=0, low_open=True))
+    seed: int = setting(0, "--seed", Range(low=0, high=2**32 - 1, integer=True))
     # parallelism
-    nproc: int = 1
-    tensor_model_parallel_size: int = 1
-    expert_model_parallel_size: int = 1
-    device: str = "auto"  # auto | cpu | cuda
+    nproc: int = setting(1, "--nproc", _POSITIVE_COUNT)
+    tensor_model_parallel_size: int = setting(1, "--tp", _POSITIVE_COUNT)
+    expert_model_parallel_size: int = setting(1, "--ep", _POSITIVE_COUNT)
+    device: str = setting("auto", "--device", choices=("auto", "cpu", "cuda"))
     # bookkeeping
-    exit_interval: int | None = None  # stop (with a checkpoint) after this many iterations
-    checkpoint_interval_tokens: int = 500_000
-    eval_tokens: int = 16_384
+    #: stop (with a checkpoint) after this many iterations; per invocation, not per run
+    exit_interval: int | None = setting(None, "--exit-interval", _POSITIVE_COUNT)
+    checkpoint_interval_tokens: int = setting(500_000, None, _POSITIVE_COUNT)
+    eval_tokens: int = setting(16_384, None, _POSITIVE_COUNT)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -146,21 +177,28 @@ class PretrainConfig:
     def validate(self) -> None:
         """Every check that can fail, before any process starts; errors name pretrain's
         flags."""
-        positive = {
-            "--hidden-size": self.hidden_size, "--num-layers": self.num_layers,
-            "--head-dim": self.head_dim, "--seq-length": self.seq_length,
-            "--train-tokens": self.train_tokens, "--global-batch-size": self.global_batch_size,
-            "--nproc": self.nproc, "--tp": self.tensor_model_parallel_size,
-            "--ep": self.expert_model_parallel_size, "--vocab-size": self.vocab_size,
-        }  # fmt: skip
-        for flag, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{flag}: must be >= 1, got {value}")
+        for name, meta in settings_of(type(self)).items():
+            value = getattr(self, name)
+            where = meta.flag or f"config.json {name}"
+            if meta.check is not None and value is not None:
+                meta.check.check(where, value)
+            if meta.choices is not None and value not in meta.choices:
+                raise ValueError(
+                    f"{where}: must be one of {', '.join(meta.choices)}, got {value!r}"
+                )
         if self.hidden_size % self.head_dim:
             raise ValueError(f"--head-dim: {self.head_dim} does not divide --hidden-size")
         model_parallel = self.tensor_model_parallel_size * self.expert_model_parallel_size
         if self.nproc % model_parallel:
             raise ValueError(f"--nproc: {self.nproc} is not a multiple of --tp x --ep")
+        heads = self.hidden_size // self.head_dim
+        for what, count in (("attention heads", heads),
+                            ("query groups", self.num_query_groups or heads)):  # fmt: skip
+            if count % self.tensor_model_parallel_size:
+                raise ValueError(
+                    f"--tp: {self.tensor_model_parallel_size} does not divide the {count} "
+                    f"{what} (--hidden-size / --head-dim)"
+                )
         if self.expert_model_parallel_size > 1 and self.model != "moe":
             raise ValueError("--ep: expert parallelism needs --model moe")
         if self.model == "moe" and self.num_experts % self.expert_model_parallel_size:
@@ -188,14 +226,22 @@ class PretrainConfig:
     def save(self, path: Path) -> None:
         """config.json holds no path to its own run directory: wherever the directory is
         copied or moved, it is the run directory (see :meth:`load`)."""
+        atomic_write_text(path, self.to_json())
+
+    def to_json(self) -> str:
         data = asdict(self)
         del data["run_dir"]
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> PretrainConfig:
         """The run whose config.json is ``path``; its run directory is where it lies."""
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except ValueError as error:
+            raise ValueError(f"{path}: not a readable config.json ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a readable config.json (not an object)")
         data["run_dir"] = str(Path(path).parent)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

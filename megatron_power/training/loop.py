@@ -41,8 +41,12 @@ def stop_if_diverged(loss: torch.Tensor, iteration: int, run: RunDir) -> None:
         )
 
 
-def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, Any]:
-    """Train (or resume) the run in ``config.run_dir``; returns the final metrics."""
+def train(
+    config: PretrainConfig, init_from: Path | None = None, override_schedule: bool = False
+) -> dict[str, Any]:
+    """Train (or resume) the run in ``config.run_dir``; returns the final metrics.
+    ``override_schedule``: continue with the config's schedule where the checkpoint's
+    differs (Megatron's --override-opt_param-scheduler)."""
     from megatron.core import parallel_state
 
     device = init_distributed(config)
@@ -62,7 +66,7 @@ def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, An
         data_prefix(config), config.seq_length, 1, 1, config.seed, meta
     )
     model, mup = build_model(config, model_vocab_size(config, meta), device)
-    optimizer, scheduler = build_optimizer(config, model, mup)
+    optimizer, scheduler = build_optimizer(config, model, mup, override_schedule)
 
     if init_from is not None:
         start = load_checkpoint(init_from, model, optimizer, scheduler)
@@ -89,7 +93,7 @@ def train(config: PretrainConfig, init_from: Path | None = None) -> dict[str, An
             progress.record(iteration, (reduced / dp_size).item(), lr, grad_norm)
         stop = config.exit_interval is not None and iteration == start + config.exit_interval
         if iteration % checkpoint_every == 0 or iteration == config.train_iters or stop:
-            save_checkpoint(run, iteration, model, optimizer, scheduler)
+            save_checkpoint(run, iteration, model, optimizer, scheduler, config.to_json())
         if stop and iteration < config.train_iters:
             if progress is not None:
                 progress.stopped(iteration)

@@ -14,7 +14,7 @@ from .config import PretrainConfig
 
 
 def build_optimizer(
-    config: PretrainConfig, model: Any, mup: MupConfig | None
+    config: PretrainConfig, model: Any, mup: MupConfig | None, override_schedule: bool = False
 ) -> tuple[torch.optim.Optimizer, PowerOptimizerParamScheduler]:
     from megatron.core.optimizer import OptimizerConfig, _get_param_groups
 
@@ -35,6 +35,6 @@ def build_optimizer(
         start_wd=config.weight_decay,
         end_wd=config.weight_decay,
         use_checkpoint_opt_param_scheduler=False,
-        override_opt_param_scheduler=False,
+        override_opt_param_scheduler=override_schedule,
     )
     return optimizer, scheduler

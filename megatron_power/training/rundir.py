@@ -6,6 +6,7 @@ A run directory::
     config.json  metrics.jsonl  summary.json  loss_lr.png  data/tokens.{bin,idx,json}
     checkpoints/latest                  the newest iteration, written last
     checkpoints/iter_0000050/rank000.pt one file per rank (model, optimizer, scheduler, RNG)
+    checkpoints/iter_0000050/config.json the configuration it was trained with
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 
 ITER_PREFIX = "iter_"
+CONFIG_NAME = "config.json"
 #: A checkpoint being written: renamed to iter_N once every rank's file is in.
 PARTIAL_SUFFIX = ".partial"
 
@@ -29,7 +31,7 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG_NAME
 
     @property
     def metrics(self) -> Path:

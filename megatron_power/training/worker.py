@@ -1,7 +1,9 @@
-"""Entry for torchrun: ``python -m megatron_power.training.worker CONFIG [INIT_FROM]``."""
+"""Entry for torchrun: ``python -m megatron_power.training.worker CONFIG
+[--init-from CHECKPOINT] [--override-schedule]``."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -16,10 +18,14 @@ def main() -> None:
     from .config import PretrainConfig
     from .loop import train
 
-    config = PretrainConfig.load(Path(sys.argv[1]))
-    init_from = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--init-from", type=Path, default=None)
+    parser.add_argument("--override-schedule", action="store_true")
+    args = parser.parse_args()
+    config = PretrainConfig.load(args.config)
     try:
-        train(config, init_from)
+        train(config, args.init_from, override_schedule=args.override_schedule)
     except (TrainingDiverged, ValueError) as error:  # one line, not a traceback per rank
         if dist.get_rank() == 0:
             word = "stopped" if isinstance(error, TrainingDiverged) else "error"
