@@ -153,22 +153,33 @@ def fraction_of_run(meta: Knob, fraction: float, horizon: float, batch: int | No
     return round(fraction * horizon / batch) * batch
 
 
+def run_samples(args: argparse.Namespace) -> int:
+    """The run's length in samples, from ``--train-iters`` (x batch) or ``--train-samples``."""
+    batch = args.global_batch_size
+    if batch is not None and batch < 1:
+        raise ValueError(f"--global-batch-size: must be an integer >= 1, got {batch}")
+    if args.train_iters is not None and args.train_samples is not None:
+        raise ValueError("--train-iters and --train-samples: give one, not both")
+    if args.train_iters is not None:
+        if batch is None:
+            raise ValueError("--global-batch-size: needed with --train-iters")
+        if args.train_iters < 1:
+            raise ValueError(f"--train-iters: must be an integer >= 1, got {args.train_iters}")
+        return args.train_iters * batch
+    if args.train_samples is not None:
+        if args.train_samples < 1:
+            raise ValueError(f"--train-samples: must be an integer >= 1, got {args.train_samples}")
+        return args.train_samples
+    raise ValueError("--train-iters or --train-samples: one is required")
+
+
 def settings_from_args(args: argparse.Namespace) -> ScheduleSettings:
     """Megatron-LM's ``get_optimizer_param_scheduler`` conversion, plus the plugin's flags."""
     batch = args.global_batch_size
     if args.lr is None:
         raise ValueError("--lr: required")
-    if args.train_iters is not None and args.train_samples is not None:
-        raise ValueError("--train-iters and --train-samples: give one, not both")
+    run = run_samples(args)
     by_iters = args.train_iters is not None
-    if by_iters:
-        if batch is None:
-            raise ValueError("--global-batch-size: needed with --train-iters")
-        run = args.train_iters * batch
-    elif args.train_samples is not None:
-        run = args.train_samples
-    else:
-        raise ValueError("--train-iters or --train-samples: one is required")
     horizon_meta = knob_of(ScheduleSettings, "lr_decay_steps")
     horizon = _counted(args, horizon_meta, batch, by_iters, run) or run
     values: dict[str, Any] = {"lr_decay_steps": horizon}
@@ -187,6 +198,25 @@ def settings_from_args(args: argparse.Namespace) -> ScheduleSettings:
         return ScheduleSettings(**values)
     except ValueError as error:
         raise ValueError(name_the_flag(str(error))) from None
+
+
+def check_rampup(rampup: list[int] | None, global_batch_size: int) -> None:
+    """Megatron-LM's own conditions on ``--rampup-batch-size START INCREMENT SAMPLES``."""
+    if not rampup:
+        return
+    start, increment, ramp_samples = rampup
+    flag = "--rampup-batch-size"
+    if start < 1 or increment < 1 or ramp_samples < 0:
+        raise ValueError(
+            f"{flag}: START and INCREMENT must be >= 1 and RAMPUP_SAMPLES >= 0, got {rampup}"
+        )
+    if start > global_batch_size:
+        raise ValueError(f"{flag}: START {start} is above --global-batch-size {global_batch_size}")
+    if (global_batch_size - start) % increment:
+        raise ValueError(
+            f"{flag}: INCREMENT {increment} does not divide --global-batch-size - START "
+            f"({global_batch_size - start}), as Megatron-LM requires"
+        )
 
 
 def batch_size_at(samples: int, global_batch_size: int, rampup: list[int] | None) -> int:

@@ -40,12 +40,13 @@ class DirectoryInUse(ValueError):
 class DirectoryLock:
     """An exclusive lock on ``directory`` for the life of this object (a context manager).
 
-    ``what`` names the flag the directory came from, for the error message."""
+    ``what`` names the flag the directory came from, for the error message; ``name`` is
+    the lock file's (several locks may share a directory: a sweep's runs)."""
 
-    def __init__(self, directory: Path, what: str) -> None:
+    def __init__(self, directory: Path, what: str, name: str = LOCK_NAME) -> None:
         self.directory = Path(directory)
         self.what = what
-        self.file = self.directory / LOCK_NAME
+        self.file = self.directory / name
         self._descriptor: int | None = None
 
     def holder(self) -> dict:
@@ -65,7 +66,7 @@ class DirectoryLock:
                 os.close(descriptor)
                 holder = self.holder()
                 raise DirectoryInUse(
-                    f"{self.what}: {self.directory} is in use by pid {holder.get('pid', '?')} "
+                    f"{self.what}: {self.file.parent} is in use by pid {holder.get('pid', '?')} "
                     f"on {holder.get('host', '?')} (since {holder.get('since', '?')}); wait "
                     "for it to finish or stop it first"
                 ) from None

@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="megatron-power",
         description="Power LR scheduler, WSD family and muP for Megatron-Core.",
     )
-    subparsers = parser.add_subparsers(
-        dest="command", required=True, parser_class=OneLineErrorParser
-    )
+    subparsers = parser.add_subparsers(dest="tool", required=True, parser_class=OneLineErrorParser)
     pretrain.add_parser(subparsers)
     coord_check.add_parser(subparsers)
     mup_audit.add_parser(subparsers)
@@ -64,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "lr", "") is None and hasattr(args, "embedded_default"):
         # No schedule given: run the tool's embedded default, keeping the user's other flags.
-        command_index = argv.index(args.command)
+        command_index = argv.index(args.tool)
         argv = argv[: command_index + 1] + args.embedded_default + argv[command_index + 1 :]
         args = parser.parse_args(argv)
-    command_parser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
-    args.given = given_flags(command_parser, argv[argv.index(args.command) + 1 :])
-    prefix = f"megatron-power {args.command}"
+    command_parser = parser._subparsers._group_actions[0].choices[args.tool]  # type: ignore[union-attr]
+    args.given = given_flags(command_parser, argv[argv.index(args.tool) + 1 :])
+    prefix = f"megatron-power {args.tool}"
     try:
         return args.handler(args)
     except ValueError as error:

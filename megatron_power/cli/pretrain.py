@@ -270,7 +270,7 @@ def resume_config(args: argparse.Namespace, given: set[str]) -> tuple[PretrainCo
         trained.run_dir = current.run_dir
     asked = overlay_flags(current, args, given)
     try:
-        asked.validate()
+        asked.validate(inputs_needed=False)
     except ValueError as error:
         raise ValueError(f"--resume: {error}") from None
     changes = config_changes(trained, asked)
@@ -361,6 +361,14 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
         raise ValueError("--init-from: give --run-dir for the branch and --branch-decay-tokens")
     config = PretrainConfig.load(trunk.config)
     start_tokens = iteration_of(init_from) * config.tokens_per_step
+    start = start_tokens // config.seq_length
+    for begin, end, final in config.schedule_settings().decay_windows():
+        if begin < start and (start < end or final):
+            raise ValueError(
+                f"--init-from: iteration {iteration_of(init_from)} lies inside the trunk's "
+                f"decay (tokens {begin * config.seq_length:.0f}-{end * config.seq_length:.0f}): "
+                "its LR has already decayed; branch from a checkpoint before that decay"
+            )
     schedule = dict(config.schedule)
     schedule.update(
         lr_branch_decay_start_steps=start_tokens, lr_branch_decay_steps=args.branch_decay_tokens
@@ -379,7 +387,7 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
         ),
         schedule=schedule,
         train_tokens=start_tokens + args.branch_decay_tokens,
-        exit_interval=None,
+        exit_interval=args.exit_interval,
     )
     config.validate()
     return config
@@ -389,12 +397,17 @@ def run_pretrain(args: argparse.Namespace) -> int:
     config, init_from, override = config_from_args(args)
     run = RunDir(config.run_dir)
     with DirectoryLock(run.path, "--resume" if args.resume else "--run-dir"):
-        if not args.resume and (run.has_checkpoints() or run.config.exists()):
+        if not args.resume and run.complete_checkpoints():
             # A new run or a branch never writes over a run (a trunk's checkpoints included).
             raise ValueError(
                 f"--run-dir: {run.path} already holds a run; continue it with --resume "
                 f"{run.path}, or choose another --run-dir"
             )
+        if not args.resume and run.config.exists():
+            # A launch that died before its first checkpoint trained nothing: what it
+            # prepared (data, tokenizer) came from its flags, not these.
+            print(f"--run-dir: {run.path} holds a launch that wrote no checkpoint; starting over")
+            run.clear_unfinished()
         config.save(run.config)
         if config.nproc == 1:
             from ..training.loop import train

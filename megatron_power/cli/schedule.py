@@ -23,6 +23,8 @@ from ..arguments import (
     add_megatron_scheduler_args,
     add_power_args,
     batch_size_at,
+    check_rampup,
+    run_samples,
     settings_from_args,
 )
 from ..megatron.scheduler import PowerOptimizerParamScheduler
@@ -69,15 +71,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run, embedded_default=EMBEDDED_DEFAULT)
 
 
+#: The preview steps the scheduler once per iteration: a bound on what it will step.
+MAX_PREVIEW_ITERATIONS = 20_000_000
+
+
 def simulate(
-    settings: ScheduleSettings, global_batch_size: int, rampup: list[int] | None = None
+    settings: ScheduleSettings,
+    global_batch_size: int,
+    rampup: list[int] | None = None,
+    total: int | None = None,
 ) -> list[SchedulePoint]:
-    """LR after every iteration, as the scheduler sets it during training."""
+    """LR after every iteration up to ``total`` samples (the run's; default the decay
+    horizon), as the scheduler sets it during training."""
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=settings.max_lr)
-    total = settings.lr_decay_steps
+    total = settings.lr_decay_steps if total is None else total
     if total is None:
         raise ValueError("--train-iters or --train-samples: needed to know where to stop")
+    check_rampup(rampup, global_batch_size)
+    ramp_iterations = rampup[2] / rampup[0] if rampup else 0  # at most, at the START batch
+    if ramp_iterations + total / global_batch_size > MAX_PREVIEW_ITERATIONS:
+        raise ValueError(
+            f"--train-iters/--train-samples: {total} samples is more than "
+            f"{MAX_PREVIEW_ITERATIONS} iterations of the batch size to preview"
+        )
     scheduler = PowerOptimizerParamScheduler.from_settings(optimizer, settings)
     seq_length = settings.seq_length or 0
     points = [SchedulePoint(0, 0, 0, optimizer.param_groups[0]["lr"])]
@@ -166,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--global-batch-size: required to step the scheduler")
     if args.every is not None and args.every < 1:
         raise ValueError(f"--every: must be >= 1, got {args.every}")
-    points = simulate(settings, args.global_batch_size, args.rampup_batch_size)
+    points = simulate(settings, args.global_batch_size, args.rampup_batch_size, run_samples(args))
     if args.png is not None:
         write_png(points, args.png, f"lr-decay-style {settings.lr_decay_style}")
     stream = args.output.open("w") if args.output else sys.stdout

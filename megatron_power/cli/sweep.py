@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..arguments import add_knob_argument
+from ..files import DirectoryLock, atomic_write_text
 from ..knobs import fields_by_name, knob_of
 from ..schedules.settings import ScheduleSettings
 from ..sweep.runner import PRETRAIN_TEMPLATE, SweepDir, SweepSpec
@@ -102,6 +103,12 @@ def run_sweep(args: argparse.Namespace) -> int:
             return run_task(sweep, spec, args.task_index)
         return report(sweep, spec)
     spec = spec_from_args(args)
+    with DirectoryLock(sweep.path, "--sweep-dir"):
+        return start_sweep(sweep, spec, args)
+
+
+def start_sweep(sweep: SweepDir, spec: SweepSpec, args: argparse.Namespace) -> int:
+    """Check the directory's sweep against this one, record it, and run what is left."""
     if sweep.spec_file.is_file():
         old = sweep.load_spec()
         for name in ("template", "extra_args", "seq_length", "warmup_fraction", "decay_fraction",
@@ -178,7 +185,9 @@ def submit_slurm(sweep: SweepDir, todo: list[int], args) -> int:
         print("every run is done; nothing to submit")
         return report(sweep, sweep.load_spec())
     script = sweep.path / "sweep.sbatch"
-    script.write_text(sbatch_script(sweep, todo, args.max_parallel, args.sbatch_option, args.setup))
+    atomic_write_text(
+        script, sbatch_script(sweep, todo, args.max_parallel, args.sbatch_option, args.setup)
+    )
     script.chmod(0o755)
     if args.dry_run:
         print(f"wrote {script} ({len(todo)} array tasks); submit with: sbatch {script}")
@@ -234,7 +243,7 @@ def run_fit(args: argparse.Namespace) -> int:
             plot_fit(report, png)
             print(f"plot: {png}")
     if args.json:
-        Path(args.json).write_text(json.dumps(output, indent=2) + "\n")
+        atomic_write_text(Path(args.json), json.dumps(output, indent=2) + "\n")
     if unidentified:
         raise ValueError(
             f"RESULTS: no fit for width(s) {', '.join(map(str, unidentified))}: a and b need "

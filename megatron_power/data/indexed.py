@@ -39,6 +39,35 @@ def read_meta(prefix: Path) -> dict[str, Any]:
     return json.loads(Path(f"{prefix}.json").read_text())
 
 
+#: Megatron's document-level split of the run's tokens: training, validation, test.
+SPLIT = "95,5,0"
+
+
+def check_enough_tokens(prefix: Path, seq_length: int) -> None:
+    """Each split needs one sequence (seq_length + 1 tokens): with less, Megatron's
+    GPTDataset loops for ever looking for a first sample. Split as its builder splits."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(str(prefix))  # its lengths are a view of its memory map:
+    lengths = [int(length) for length in dataset.sequence_lengths]  # copy while it is open
+    del dataset
+    count = len(lengths)
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(SPLIT))
+    for name, bounds in zip(("training", "validation"), matrix, strict=False):
+        begin, end = round(bounds[0] * count), round(bounds[1] * count)
+        tokens = sum(lengths[begin:end])
+        if tokens < seq_length + 1:
+            raise ValueError(
+                f"--data: its {name} split ({SPLIT.replace(',', '/')} of {count} documents) "
+                f"holds {tokens} tokens, less than one sequence of --seq-length {seq_length} "
+                "+ 1: give more documents or a shorter --seq-length"
+            )
+
+
 def build_gpt_datasets(
     prefix: Path, seq_length: int, train_samples: int, valid_samples: int, seed: int, meta: dict
 ):
@@ -52,7 +81,7 @@ def build_gpt_datasets(
         random_seed=seed,
         sequence_length=seq_length,
         blend=([str(prefix)], None),
-        split="95,5,0",
+        split=SPLIT,
         path_to_cache=str(Path(prefix).parent / "cache"),
         tokenizer=PlainTokenizer(meta["vocab_size"], meta["eod"]),
         reset_position_ids=False,

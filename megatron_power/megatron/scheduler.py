@@ -25,6 +25,7 @@ every step). Each param group's ``max_lr``/``min_lr`` (0.16+) and ``lr_mult`` (u
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import logging
 from typing import Any
 
@@ -78,7 +79,7 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         end_wd: float,
         wd_incr_steps: int,
         wd_incr_style: str,
-        use_checkpoint_opt_param_scheduler: bool | None = True,
+        use_checkpoint_opt_param_scheduler: bool | None = False,
         override_opt_param_scheduler: bool | None = False,
         wsd_decay_steps: int | None = None,
         lr_wsd_decay_style: str | None = None,
@@ -87,7 +88,11 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         **plugin_options: Any,
     ) -> None:
         """Megatron's arguments, then the plugin's ScheduleSettings fields by keyword
-        (``seq_length``, ``lr_power_a`` ...); each defaults as ScheduleSettings says."""
+        (``seq_length``, ``lr_power_a`` ...); each defaults as ScheduleSettings says.
+
+        Unlike Megatron's constructor, ``use_checkpoint_opt_param_scheduler`` defaults to
+        False (as Megatron-LM's flag does): a checkpoint whose schedule differs is refused
+        rather than silently replacing the values given here."""
         unknown = set(plugin_options) - {f.name for f in dataclasses.fields(ScheduleSettings)}
         if unknown:
             raise TypeError(f"PowerOptimizerParamScheduler: unknown option {sorted(unknown)[0]!r}")
@@ -269,7 +274,16 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
         if self.override_opt_param_scheduler:
             return self.settings
         if self.use_checkpoint_opt_param_scheduler:
-            return ScheduleSettings.from_dict({**self.settings.to_dict(), **saved})
+            mine = self.settings.to_dict()
+            replaced = [f"{name} {mine[name]!r} -> {saved[name]!r}" for name in sorted(saved)
+                        if name in mine and saved[name] != mine[name]]  # fmt: skip
+            if replaced:
+                warnings.warn(
+                    "use_checkpoint_opt_param_scheduler: continuing with the checkpoint's "
+                    "schedule, not the one given: " + ", ".join(replaced),
+                    stacklevel=3,
+                )
+            return ScheduleSettings.from_dict({**mine, **saved})
         exempt: frozenset[str] = frozenset()
         branch_start = self.settings.lr_branch_decay_start_steps
         if branch_start is not None:

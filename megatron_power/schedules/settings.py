@@ -233,6 +233,15 @@ class ScheduleSettings:
                 f"lr_warmup_steps: warmup ({self.lr_warmup_steps}) must be shorter than "
                 f"the run (lr_decay_steps={self.lr_decay_steps})"
             )
+        if (
+            self.wsd_decay_steps
+            and self.lr_decay_style not in ("WSD", "power")
+            and not self.lr_wsd_cycle_steps
+        ):
+            raise ValueError(
+                f"wsd_decay_steps: not applied by lr_decay_style={self.lr_decay_style!r} "
+                "(a decay length is WSD's, Power's tail or WSD-S's)"
+            )
         if self.lr_decay_style == "WSD" and self.wsd_decay_steps is None:
             raise ValueError("wsd_decay_steps: required by lr_decay_style='WSD'")
         if self.lr_decay_style in ("WSD", "power") and self.wsd_decay_steps:
@@ -264,6 +273,11 @@ class ScheduleSettings:
                 )
             if not self.wsd_decay_steps:
                 raise ValueError("wsd_decay_steps: WSD-S cycles need a decay length > 0")
+            if self.lr_decay_steps is not None and cycles[-1] > self.lr_decay_steps:
+                raise ValueError(
+                    f"lr_wsd_cycle_steps: budget {cycles[-1]} is past the end of the run "
+                    f"(lr_decay_steps={self.lr_decay_steps}); it would never be reached"
+                )
             previous = self.lr_warmup_steps
             for budget in cycles:
                 if self.wsd_decay_steps > budget - previous:
@@ -327,6 +341,16 @@ class ScheduleSettings:
     def from_dict(cls, data: dict[str, Any]) -> ScheduleSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+    def decay_windows(self) -> list[tuple[float, float, bool]]:
+        """Every decay of the run as (start, end, final) in samples: the WSD or Power tail
+        (final: the LR stays at min_lr after it) and the WSD-S cycles."""
+        if self.lr_decay_style not in STABLE_PHASE_STYLES:
+            end = self.lr_decay_steps or self.lr_warmup_steps
+            return [(float(self.lr_warmup_steps), float(end), True)]
+        unit = self.unit_per_sample
+        schedule = self._base_schedule(self.lr_warmup_steps * unit, None, with_tail=True)
+        return [(w.start / unit, w.end / unit, w.final) for w in schedule.decays]
 
     # --------------------------------------------------------------- building
     def build(self) -> Schedule | None:

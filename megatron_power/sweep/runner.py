@@ -27,7 +27,9 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
+from ..files import DirectoryLock, atomic_write_text
 from ..schedules.settings import default_decay_shape
+from ..training.rundir import RunDir
 
 #: Megatron-LM's evaluation line (training.py evaluate_and_print_results), which
 #: ``megatron-power pretrain`` prints too: `` validation loss at iteration 100 on
@@ -82,18 +84,42 @@ class SweepSpec:
     def validate(self) -> None:
         for name in ("lrs", "global_batch_sizes", "train_tokens", "hidden_sizes", "seeds"):
             values = getattr(self, name)
+            flag = f"--{name.replace('_', '-')}"
             if not values:
-                raise ValueError(f"--{name.replace('_', '-')}: give at least one value")
-            if name != "seeds" and any(v <= 0 for v in values):
-                raise ValueError(f"--{name.replace('_', '-')}: values must be > 0")
-        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.decay_fraction <= 1:
-            raise ValueError("--warmup-fraction/--decay-fraction: must lie in [0, 1)")
+                raise ValueError(f"{flag}: give at least one value")
+            for value in values:
+                if not math.isfinite(value) or (value <= 0 if name != "seeds" else value < 0):
+                    allowed = ">= 0" if name == "seeds" else "finite and > 0"
+                    raise ValueError(f"{flag}: values must be {allowed}, got {value}")
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{flag}: {repeated[0]} is given twice (each run once)")
+        if self.seq_length < 1:
+            raise ValueError(f"--seq-length: must be >= 1, got {self.seq_length}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"--warmup-fraction: must lie in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"--decay-fraction: must lie in [0, 1], got {self.decay_fraction}")
+        for run in self.runs():
+            if run["train_tokens"] < run["global_batch_size"] * self.seq_length:
+                raise ValueError(
+                    f"--train-tokens: {run['train_tokens']} is shorter than one step of "
+                    f"--global-batch-sizes {run['global_batch_size']} x --seq-length "
+                    f"{self.seq_length}"
+                )
         command(self, self.runs()[0], Path("RUN_DIR"))  # unknown placeholders fail here
+
+
+def lr_label(lr: float) -> str:
+    """The LR as a run id spells it: 6 significant digits where that is exact (the ids of
+    earlier sweeps), the shortest exact form otherwise (0.0100001 and 0.01000012 differ)."""
+    short = f"{lr:g}"
+    return short if float(short) == lr else repr(float(lr))
 
 
 def run_id(run: dict[str, Any]) -> str:
     return (f"t{run['train_tokens']}-b{run['global_batch_size']}-h{run['hidden_size']}"
-            f"-lr{run['lr']:g}-s{run['seed']}")  # fmt: skip
+            f"-lr{lr_label(run['lr'])}-s{run['seed']}")  # fmt: skip
 
 
 def placeholders(spec: SweepSpec, run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -146,7 +172,7 @@ class SweepDir:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "results").mkdir(exist_ok=True)
         (self.path / "logs").mkdir(exist_ok=True)
-        self.spec_file.write_text(json.dumps(asdict(spec), indent=2) + "\n")
+        atomic_write_text(self.spec_file, json.dumps(asdict(spec), indent=2) + "\n")
 
     def load_spec(self) -> SweepSpec:
         if not self.spec_file.is_file():
@@ -174,48 +200,72 @@ class SweepDir:
         if file.is_file():  # a failed attempt being retried: keep it beside the new one
             old = json.loads(file.read_text())
             file.rename(file.with_name(f"{record['id']}.attempt-{old.get('finished', 0):.0f}.json"))
-        temporary = file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        temporary.replace(file)  # atomic: a reader sees the whole record or none
+        atomic_write_text(file, json.dumps(record, indent=2) + "\n")  # all or nothing
 
     def collect(self) -> list[dict[str, Any]]:
         """Every recorded run (earlier failed attempts included) -> results.jsonl."""
-        records = [
-            json.loads(f.read_text()) for f in sorted((self.path / "results").glob("*.json"))
-        ]
+        records = []
+        for file in sorted((self.path / "results").glob("*.json")):
+            try:
+                records.append(json.loads(file.read_text()))
+            except ValueError:
+                raise ValueError(f"--sweep-dir: {file} is not a readable result") from None
         lines = "".join(json.dumps(record) + "\n" for record in records)
-        (self.path / "results.jsonl").write_text(lines)
+        atomic_write_text(self.path / "results.jsonl", lines)
         return records
 
 
 # ------------------------------------------------------------------- one run
 def run_one(sweep: SweepDir, spec: SweepSpec, index: int, env: dict[str, str] | None = None):
-    """Run grid entry ``index`` to completion and record it; returns the record."""
+    """Run grid entry ``index`` to completion and record it; returns the record (the one
+    already there when another process finished the run first)."""
     run = spec.runs()[index]
     identifier = run_id(run)
+    with DirectoryLock(sweep.path / "results", f"--sweep-dir run {identifier}",
+                       name=f"{identifier}.lock"):  # fmt: skip
+        done = sweep.result(run)
+        if done is not None and done["status"] == "ok":
+            return done
+        return _run_locked(sweep, spec, index, run, identifier, env)
+
+
+def _run_locked(sweep, spec, index, run, identifier, env) -> dict[str, Any]:
     run_dir = sweep.path / "runs" / identifier
-    if spec.template == PRETRAIN_TEMPLATE and run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted attempt left no result: start it over
     text = command(spec, run, run_dir)
+    if spec.template == PRETRAIN_TEMPLATE and run_dir.exists():
+        # An attempt that was killed: continue from its checkpoint, or start it over.
+        if RunDir(run_dir).latest_checkpoint() is not None and RunDir(run_dir).config.is_file():
+            text = f"{sys.executable} -m megatron_power.cli.main pretrain --resume {run_dir}"
+        else:
+            shutil.rmtree(run_dir)
     log_file = sweep.path / "logs" / f"{identifier}.log"
     start = time.time()
-    with log_file.open("w") as log:
+    with log_file.open("a") as log:
         log.write(f"$ {text}\n")
         log.flush()
-        process = subprocess.run(["bash", "-c", text], stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, **(env or {})}, check=False)  # fmt: skip
-    output = log_file.read_text(errors="replace")
+        offset = log.tell()
+        # The guard stops everything the command starts when it ends or the sweep dies.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "megatron_power.sweep.guard", "bash", "-c", text],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        returncode = process.wait()
+        process.stdin.close()
+    with log_file.open(errors="replace") as log:
+        log.seek(offset)
+        output = log.read()
     loss = final_validation_loss(output)
-    ok = process.returncode == 0 and loss is not None and math.isfinite(loss)
+    ok = returncode == 0 and loss is not None and math.isfinite(loss)
     record = {
         "id": identifier, "index": index, "params": run, "command": text,
         "status": "ok" if ok else "failed", "valid_loss": loss,
-        "returncode": process.returncode, "seconds": round(time.time() - start, 2),
+        "returncode": returncode, "seconds": round(time.time() - start, 2),
         "finished": time.time(), "log": str(log_file),
     }  # fmt: skip
     if not ok:
-        reason = "no validation loss in the log" if process.returncode == 0 else "exit status"
-        record["error"] = f"{reason} {process.returncode}: " + output[-2000:]
+        reason = "no validation loss in the log" if returncode == 0 else "exit status"
+        record["error"] = f"{reason} {returncode}: " + output[-2000:]
     sweep.write_result(record)
     return record
 

@@ -174,9 +174,9 @@ class PretrainConfig:
     def mup_config(self) -> MupConfig | None:
         return None if self.mup is None else MupConfig.from_dict(self.mup)
 
-    def validate(self) -> None:
+    def validate(self, inputs_needed: bool = True) -> None:
         """Every check that can fail, before any process starts; errors name pretrain's
-        flags."""
+        flags. ``inputs_needed`` False: a resume, whose data is already prepared."""
         for name, meta in settings_of(type(self)).items():
             value = getattr(self, name)
             where = meta.flag or f"config.json {name}"
@@ -205,8 +205,16 @@ class PretrainConfig:
             raise ValueError("--num-experts: not divisible by --ep")
         if self.train_tokens < self.tokens_per_step:
             raise ValueError("--train-tokens: shorter than one step (global batch x seq length)")
-        if self.data != "markov" and not Path(self.data).is_file():
+        if inputs_needed and self.data != "markov" and not Path(self.data).is_file():
             raise ValueError(f"--data: no such file: {self.data}")
+        if inputs_needed and self.tokenizer_model and not self.path(self.tokenizer_model).is_file():
+            raise ValueError(f"--tokenizer-model: no such file: {self.tokenizer_model}")
+        cycles = self.schedule.get("lr_wsd_cycle_steps") or []
+        if cycles and max(cycles) > self.train_tokens:
+            raise ValueError(
+                f"--wsd-cycle-tokens: {max(cycles)} is past the end of the run "
+                f"(--train-tokens {self.train_tokens}); it would never be reached"
+            )
         try:
             self.schedule_settings()
         except ValueError as error:

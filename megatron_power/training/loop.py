@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..data.indexed import build_gpt_datasets
+from ..data.indexed import build_gpt_datasets, check_enough_tokens
 from ..errors import TrainingDiverged
 from .checkpoint import load_checkpoint, resume, save_checkpoint
 from .config import PretrainConfig
@@ -52,6 +52,7 @@ def train(
     device = init_distributed(config)
     run = RunDir(config.run_dir)
     meta = prepare_data(config, run.path)
+    check_enough_tokens(data_prefix(config), config.seq_length)
     dp_size = parallel_state.get_data_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank()
     if config.global_batch_size % dp_size:

@@ -12,6 +12,7 @@ A run directory::
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 ITER_PREFIX = "iter_"
@@ -68,6 +69,15 @@ class RunDir:
         found = [path for path in self.checkpoints.glob(f"{ITER_PREFIX}*")
                  if path.is_dir() and iteration_of(path) is not None]  # fmt: skip
         return sorted(found, key=iteration_of, reverse=True)
+
+    def clear_unfinished(self) -> None:
+        """Remove what a launch without a checkpoint wrote (only the run's own names)."""
+        for name in ("config.json", "metrics.jsonl", "summary.json", "loss_lr.png",
+                     "tokenizer.model", "tokenizer.vocab", "tokenizer_corpus.txt"):  # fmt: skip
+            (self.path / name).unlink(missing_ok=True)
+        for directory in (self.data, self.checkpoints):
+            if directory.is_dir():
+                shutil.rmtree(directory)
 
     def has_checkpoints(self) -> bool:
         return self.checkpoints.exists()

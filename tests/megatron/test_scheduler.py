@@ -321,9 +321,30 @@ def test_override_keeps_this_runs_values_and_use_checkpoint_keeps_the_checkpoint
     assert lrs(overriding)[0] == law.lr(200 * 8 * SEQ, 8 * SEQ, 0.02)
 
     reusing = power_scheduler(lr_power_a=8.0, use_checkpoint_opt_param_scheduler=True)
-    reusing.load_state_dict(state)
+    with pytest.warns(UserWarning, match="lr_power_a"):
+        reusing.load_state_dict(state)
     assert reusing.settings.lr_power_a == 4.0
     assert run(reusing, [8] * 50) == run(first, [8] * 50)
+
+
+def test_the_python_api_default_refuses_a_changed_schedule_as_the_readme_says():
+    """Constructed with Megatron's positional arguments only (no switch given), a
+    checkpoint with another schedule is refused, not silently taken over."""
+    args = megatron_args("WSD", wsd_decay_steps=256)
+    del args["use_checkpoint_opt_param_scheduler"], args["override_opt_param_scheduler"]
+    first = PowerOptimizerParamScheduler(make_optimizer(), **args)
+    run(first, [8] * 20)
+    changed = PowerOptimizerParamScheduler(make_optimizer(), **{**args, "max_lr": 2e-3})
+    with pytest.raises(ScheduleMismatchError, match="^max_lr: the checkpoint has 0.001"):
+        changed.load_state_dict(first.state_dict())
+
+
+def test_use_checkpoint_says_which_values_it_replaces():
+    first = power_scheduler(lr_power_a=4.0)
+    run(first, [8] * 20)
+    reusing = power_scheduler(lr_power_a=8.0, use_checkpoint_opt_param_scheduler=True)
+    with pytest.warns(UserWarning, match="lr_power_a 8.0 -> 4.0"):
+        reusing.load_state_dict(first.state_dict())
 
 
 def test_branch_decay_from_a_stable_checkpoint():
