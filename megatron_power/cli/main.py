@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tool_parser(parser: argparse.ArgumentParser, tool: str) -> argparse.ArgumentParser:
+    return parser._subparsers._group_actions[0].choices[tool]  # type: ignore[union-attr]
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with an unknown flag reported by the tool's parser (its name first)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        tool_parser(parser, args.tool).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """The dests the command line set itself (not argparse defaults): a resume compares
     only what the user asked for."""
@@ -59,13 +71,13 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if getattr(args, "lr", "") is None and hasattr(args, "embedded_default"):
         # No schedule given: run the tool's embedded default, keeping the user's other flags.
         command_index = argv.index(args.tool)
         argv = argv[: command_index + 1] + args.embedded_default + argv[command_index + 1 :]
-        args = parser.parse_args(argv)
-    command_parser = parser._subparsers._group_actions[0].choices[args.tool]  # type: ignore[union-attr]
+        args = parse(parser, argv)
+    command_parser = tool_parser(parser, args.tool)
     args.given = given_flags(command_parser, argv[argv.index(args.tool) + 1 :])
     prefix = f"megatron-power {args.tool}"
     try:

@@ -395,6 +395,11 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     config, init_from, override = config_from_args(args)
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device: cuda asked for, but no CUDA device is visible here")
     run = RunDir(config.run_dir)
     with DirectoryLock(run.path, "--resume" if args.resume else "--run-dir"):
         if not args.resume and run.complete_checkpoints():

@@ -97,6 +97,10 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
 
 def run_sweep(args: argparse.Namespace) -> int:
     sweep = SweepDir(Path(args.sweep_dir))
+    for flag in ("--jobs", "--threads-per-run", "--max-parallel"):
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None and value < 1:
+            raise ValueError(f"{flag}: must be >= 1, got {value}")
     if args.task_index is not None or args.collect:
         spec = sweep.load_spec()
         if args.task_index is not None:
@@ -147,8 +151,6 @@ def run_locally(sweep: SweepDir, spec: SweepSpec, todo: list[int], args) -> int:
     total = len(spec.runs())
     slots = default_slots(args.threads_per_run)
     if args.jobs is not None:
-        if args.jobs < 1:
-            raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
         slots = (slots * args.jobs)[: args.jobs]
     print(f"{total} runs, {total - len(todo)} already done, {len(todo)} to run, "
           f"{len(slots)} at a time; {sweep.path}")  # fmt: skip
@@ -173,7 +175,7 @@ def report(sweep: SweepDir, spec: SweepSpec) -> int:
     print(f"results: {sweep.path / 'results.jsonl'} ({len(latest) - missing - len(failed)} ok, "
           f"{len(failed)} failed, {missing} not run)")  # fmt: skip
     for record in failed:
-        print(f"  failed {record['id']}: {record['error'].splitlines()[0][:200]} "
+        print(f"  {record['status']} {record['id']}: {record['error'].splitlines()[0][:200]} "
               f"(log {record['log']})")  # fmt: skip
     return 1 if failed else 0
 

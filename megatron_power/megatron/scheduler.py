@@ -25,8 +25,8 @@ every step). Each param group's ``max_lr``/``min_lr`` (0.16+) and ``lr_mult`` (u
 from __future__ import annotations
 
 import dataclasses
-import warnings
 import logging
+import warnings
 from typing import Any
 
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler

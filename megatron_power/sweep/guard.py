@@ -57,7 +57,10 @@ def main(command: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def watch_sweep() -> None:
-        sys.stdin.buffer.read()  # returns when the sweep closes the pipe or dies
+        # Raw reads (not sys.stdin's buffer, whose lock a daemon thread would hold at exit)
+        # return b"" when the sweep closes the pipe or dies.
+        while os.read(sys.stdin.fileno(), 4096):
+            pass
         if child.poll() is None:
             print("megatron-power sweep: the sweep ended; stopping this run", flush=True)
             stop_group(child.pid)

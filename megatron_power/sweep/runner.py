@@ -1,11 +1,14 @@
 """Proxy LR sweeps: a grid of runs, each a command, each result a file.
 
 A sweep directory holds ``sweep.json`` (the grid and the command template),
-``results/<run id>.json`` (one per finished run, written atomically, status ok or
-failed with the log's tail), ``logs/<run id>.log`` and ``results.jsonl`` (every record,
-collected). A finished run is never redone; a failed one is kept, and rerun only when
-asked. Locally the runs are processes on a thread pool (one per GPU, or CPU cores /
-threads per run); with SLURM each is one task of a job array running
+``results/<run id>.json`` (one per finished run, written atomically, status ok,
+failed with the log's tail, or interrupted), ``logs/<run id>.log`` and ``results.jsonl``
+(every record, collected). A finished run is never redone; a failed one is kept, and
+rerun only when asked; an interrupted one (killed by a signal) is run again by the next
+sweep, from its checkpoint where it has one. The sweep directory, and each run, is
+locked while in use; each command runs under :mod:`.guard`, so nothing it starts
+outlives it or the sweep. Locally the runs are processes on a thread pool (one per GPU,
+or CPU cores / threads per run); with SLURM each is one task of a job array running
 ``megatron-power sweep --task-index $SLURM_ARRAY_TASK_ID`` on the shared filesystem.
 """
 
@@ -46,6 +49,12 @@ PRETRAIN_TEMPLATE = (
     "--seq-length {seq_length} --hidden-size {hidden_size} --seed {seed} "
     "--warmup-tokens {warmup_tokens} --decay-tokens {decay_tokens} --decay-shape {decay_shape}"
 )
+
+
+#: A run whose command was killed by a signal (kill -9, the OOM killer, a stopped job)
+#: did not fail on its own: the next sweep runs it again (resuming from its checkpoint).
+INTERRUPTED = "interrupted"
+KILLED = {128 + 9, 128 + 15, 128 + 2}  # SIGKILL, SIGTERM, SIGINT, as the guard reports them
 
 
 @dataclass
@@ -187,11 +196,16 @@ class SweepDir:
         return json.loads(file.read_text()) if file.is_file() else None
 
     def pending(self, spec: SweepSpec, retry_failed: bool) -> list[int]:
-        """Indices of runs to do: no result yet, or failed when ``retry_failed``."""
+        """Indices of runs to do: no result yet, interrupted (killed by a signal), or
+        failed when ``retry_failed``."""
         todo = []
         for index, run in enumerate(spec.runs()):
             result = self.result(run)
-            if result is None or (retry_failed and result["status"] != "ok"):
+            if (
+                result is None
+                or result["status"] == INTERRUPTED
+                or (retry_failed and result["status"] != "ok")
+            ):
                 todo.append(index)
         return todo
 
@@ -259,7 +273,8 @@ def _run_locked(sweep, spec, index, run, identifier, env) -> dict[str, Any]:
     ok = returncode == 0 and loss is not None and math.isfinite(loss)
     record = {
         "id": identifier, "index": index, "params": run, "command": text,
-        "status": "ok" if ok else "failed", "valid_loss": loss,
+        "status": "ok" if ok else INTERRUPTED if returncode in KILLED else "failed",
+        "valid_loss": loss,
         "returncode": returncode, "seconds": round(time.time() - start, 2),
         "finished": time.time(), "log": str(log_file),
     }  # fmt: skip

@@ -139,7 +139,10 @@ class PretrainConfig:
         for name in [key for key in self.schedule if key.endswith(FRACTION)]:
             fraction = self.schedule.pop(name)
             if not (isinstance(fraction, int | float) and 0 <= fraction <= 1):
-                raise ValueError(f"{name}: must be a fraction in [0, 1], got {fraction!r}")
+                stem = name.removesuffix(FRACTION)
+                known = {item.name: meta for item, meta in knobs(ScheduleSettings)}
+                flag = known[stem].pretrain_fraction_flag if stem in known else None
+                raise ValueError(f"{flag or name}: must be a fraction in [0, 1], got {fraction!r}")
             steps = round(fraction * self.train_iters) if self.tokens_per_step > 0 else 0
             self.schedule[name.removesuffix(FRACTION)] = steps * self.tokens_per_step
 

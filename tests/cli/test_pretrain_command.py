@@ -67,17 +67,27 @@ def test_resumed_run_equals_the_uninterrupted_one(trunk, tmp_path):
 
 
 def test_branch_decay_turns_a_checkpoint_into_a_budget_model(trunk, tmp_path):
+    stable = tmp_path / "stable"  # the trunk's tail is its last fifth: stop before it
+    pretrain("--run-dir", stable, *SMALL, "--exit-interval", "10")
     branch = tmp_path / "branch"
-    pretrain("--init-from", trunk / "checkpoints/iter_0000020", "--run-dir", branch,
+    pretrain("--init-from", stable / "checkpoints/iter_0000010", "--run-dir", branch,
              "--branch-decay-tokens", "20480", "--decay-shape", "linear")  # fmt: skip
     rows = metrics(branch)
-    assert [row["iteration"] for row in rows] == list(range(21, 31))
+    assert [row["iteration"] for row in rows] == list(range(11, 21))
+    assert rows[0]["lr"] == metrics(trunk)[10]["lr"]  # starts from the stable curve
     lrs = [row["lr"] for row in rows]
     assert all(b < a for a, b in itertools.pairwise(lrs))  # decaying throughout
     summary = json.loads((branch / "summary.json").read_text())
     assert summary["final_lr"] == 0.0  # min_lr exactly at the end of the branch
-    trunk_summary = json.loads((trunk / "summary.json").read_text())
-    assert summary["valid_loss"] < trunk_summary["valid_loss"]  # decaying helps
+
+
+def test_a_branch_from_inside_the_trunks_decay_is_refused(trunk, tmp_path):
+    branch = tmp_path / "branch"
+    result = pretrain("--init-from", trunk / "checkpoints/iter_0000020", "--run-dir", branch,
+                      "--branch-decay-tokens", "20480", check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert "lies inside the trunk's decay (tokens 32768-40960)" in result.stderr
+    assert not branch.exists()
 
 
 def test_wsd_s_cycles_end_to_end(tmp_path):
@@ -213,8 +223,10 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_checkpoint(tmp_p
 
 def test_a_new_run_or_branch_never_writes_over_a_run(trunk, tmp_path):
     before = {p: p.read_bytes() for p in trunk.rglob("*") if p.is_file()}
+    stable = tmp_path / "stable"  # a checkpoint a branch may start from (before the tail)
+    pretrain("--run-dir", stable, *SMALL, "--exit-interval", "10")
     fresh = pretrain("--run-dir", trunk, *SMALL, check=False)
-    branch = pretrain("--init-from", trunk / "checkpoints/iter_0000020", "--run-dir", trunk,
+    branch = pretrain("--init-from", stable / "checkpoints/iter_0000010", "--run-dir", trunk,
                       "--branch-decay-tokens", "20480", check=False)  # fmt: skip
     for result in (fresh, branch):
         assert result.returncode == 2

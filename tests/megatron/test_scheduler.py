@@ -335,7 +335,7 @@ def test_the_python_api_default_refuses_a_changed_schedule_as_the_readme_says():
     first = PowerOptimizerParamScheduler(make_optimizer(), **args)
     run(first, [8] * 20)
     changed = PowerOptimizerParamScheduler(make_optimizer(), **{**args, "max_lr": 2e-3})
-    with pytest.raises(ScheduleMismatchError, match="^max_lr: the checkpoint has 0.001"):
+    with pytest.raises(ScheduleMismatchError, match=r"^max_lr: the checkpoint has 0\.001"):
         changed.load_state_dict(first.state_dict())
 
 

@@ -145,7 +145,7 @@ def test_default_proxy_is_pretrain_and_its_loss_is_read_from_the_log(tmp_path):
     ("args", "message"),
     [
         (["--command", "train.sh --lr {learning_rate}"], "--command: unknown placeholder"),
-        (["--lrs", "-1"], "--lrs: values must be > 0"),
+        (["--lrs", "-1"], "--lrs: values must be finite and > 0, got -1.0"),
         (["--jobs", "0", "--command", "true"], "--jobs: must be >= 1"),
         (["--collect"], "has no sweep.json"),
     ],
