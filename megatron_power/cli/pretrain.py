@@ -17,7 +17,7 @@ Without ``--mup-base-hidden-size`` the embedded model's muP applies:
     megatron-power pretrain --run-dir runs/a --exit-interval 50   # stop early ...
     megatron-power pretrain --resume runs/a                  # ... and continue exactly
     megatron-power pretrain --init-from runs/a/checkpoints/iter_0000050 \\
-        --run-dir runs/a-decay --branch-decay-tokens 100000  # a budget model from it
+        --run-dir runs/a-decay --branch-decay-tokens 102400  # a budget model from it
 """
 
 from __future__ import annotations
@@ -360,7 +360,15 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
     if args.branch_decay_tokens is None or args.run_dir is None:
         raise ValueError("--init-from: give --run-dir for the branch and --branch-decay-tokens")
     config = PretrainConfig.load(trunk.config)
-    start_tokens = iteration_of(init_from) * config.tokens_per_step
+    step = config.tokens_per_step
+    if args.branch_decay_tokens % step:
+        low = args.branch_decay_tokens // step * step
+        raise ValueError(
+            f"--branch-decay-tokens: {args.branch_decay_tokens} is not a whole number of the "
+            f"trunk's steps ({step} tokens each), so the run would end before its decay does; "
+            f"use {low or step} or {low + step}"
+        )
+    start_tokens = iteration_of(init_from) * step
     start = start_tokens // config.seq_length
     for begin, end, final in config.schedule_settings().decay_windows():
         if begin < start and (start < end or final):

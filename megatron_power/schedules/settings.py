@@ -244,7 +244,8 @@ class ScheduleSettings:
             )
         if self.lr_decay_style == "WSD" and self.wsd_decay_steps is None:
             raise ValueError("wsd_decay_steps: required by lr_decay_style='WSD'")
-        if self.lr_decay_style in ("WSD", "power") and self.wsd_decay_steps:
+        branching = self.lr_branch_decay_start_steps is not None  # replaces the run's tail
+        if self.lr_decay_style in ("WSD", "power") and self.wsd_decay_steps and not branching:
             room = self.lr_decay_steps - self.lr_warmup_steps
             if self.wsd_decay_steps > room:
                 raise ValueError(

@@ -105,6 +105,7 @@ ROWS = [
     Row("init-from-not-a-checkpoint", ["pretrain", "--init-from", "other.txt", "--run-dir", "b", "--branch-decay-tokens", "4096"], "--init-from: other.txt is not a run's checkpoints/iter_N directory"),
     Row("init-from-inside-the-decay", ["pretrain", "--init-from", "run/checkpoints/iter_0000020", "--run-dir", "b", "--branch-decay-tokens", "4096"], "lies inside the trunk's decay"),
     Row("init-from-over-a-run", ["pretrain", "--init-from", "run/checkpoints/iter_0000010", "--run-dir", "run", "--branch-decay-tokens", "4096"], "--run-dir: run already holds a run"),
+    Row("branch-not-whole-steps", ["pretrain", "--init-from", "run/checkpoints/iter_0000010", "--run-dir", "b", "--branch-decay-tokens", "100000"], "--branch-decay-tokens: 100000 is not a whole number of the trunk's steps (2048 tokens each), so the run would end before its decay does; use 98304 or 100352"),
     Row("init-from-without-run-dir", ["pretrain", "--init-from", "run/checkpoints/iter_0000010", "--branch-decay-tokens", "4096"], "--init-from: give --run-dir for the branch"),
     # ------------------------------------------------ pretrain --resume
     Row("resume-missing", ["pretrain", "--resume", "missing"], "--resume: missing has no config.json"),
