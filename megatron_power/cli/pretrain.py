@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -427,13 +425,35 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
             train(config, init_from, override_schedule=override)
             return 0
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", str(config.nproc),
-            "-m", "megatron_power.training.worker", str(run.config),
-        ]  # fmt: skip
+        worker = [str(run.config)]
         if init_from is not None:
-            command += ["--init-from", str(init_from)]
+            worker += ["--init-from", str(init_from)]
         if override:
-            command.append("--override-schedule")
-        return subprocess.run(command, env=dict(os.environ), check=False).returncode
+            worker.append("--override-schedule")
+        return launch_workers(config.nproc, worker)
+
+
+def launch_workers(nproc: int, worker_args: list[str]) -> int:
+    """torchrun's own launcher, in this process: a worker's one-line error (rank 0 prints
+    it) and exit status reach the user without torchrun's ChildFailedError traceback."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # its notices
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    args = get_args_parser().parse_args(
+        ["--standalone", "--nproc-per-node", str(nproc),
+         "-m", "megatron_power.training.worker", *worker_args]
+    )  # fmt: skip
+    try:
+        torchrun(args)
+    except ChildFailedError as error:
+        codes = {failure.exitcode for failure in error.failures.values()}
+        for code in (2, 1):  # a user's mistake, a run that had to stop: the worker said why
+            if code in codes:
+                return code
+        raise RuntimeError(f"a worker process failed (exit codes {sorted(codes)})") from None
+    return 0

@@ -213,10 +213,11 @@ class PretrainConfig:
         if inputs_needed and self.tokenizer_model and not self.path(self.tokenizer_model).is_file():
             raise ValueError(f"--tokenizer-model: no such file: {self.tokenizer_model}")
         cycles = self.schedule.get("lr_wsd_cycle_steps") or []
-        if cycles and max(cycles) > self.train_tokens:
+        end = self.train_iters * self.tokens_per_step  # whole steps
+        if cycles and max(cycles) > end:
             raise ValueError(
-                f"--wsd-cycle-tokens: {max(cycles)} is past the end of the run "
-                f"(--train-tokens {self.train_tokens}); it would never be reached"
+                f"--wsd-cycle-tokens: {max(cycles)} is past the end of the run ({self.train_iters}"
+                f" steps of {self.tokens_per_step} tokens = {end}); it would never be reached"
             )
         try:
             self.schedule_settings()

@@ -81,6 +81,40 @@ def test_branch_decay_turns_a_checkpoint_into_a_budget_model(trunk, tmp_path):
     assert summary["final_lr"] == 0.0  # min_lr exactly at the end of the branch
 
 
+def test_a_branch_stops_at_its_exit_interval(tmp_path):
+    stable = tmp_path / "stable"
+    pretrain("--run-dir", stable, *SMALL, "--exit-interval", "10")
+    branch = tmp_path / "branch"
+    stopped = pretrain("--init-from", stable / "checkpoints/iter_0000010", "--run-dir", branch,
+                       "--branch-decay-tokens", "20480", "--exit-interval", "3")  # fmt: skip
+    assert "checkpoint at iteration 13" in stopped.stdout
+    assert [row["iteration"] for row in metrics(branch)] == [11, 12, 13]
+    pretrain("--resume", branch)
+    assert [row["iteration"] for row in metrics(branch)] == list(range(11, 21))
+
+
+def test_resume_with_a_new_schedule_needs_the_override_and_then_follows_it(tmp_path):
+    from megatron_power.training.config import PretrainConfig
+    from megatron_power.training.resume import lr_curve
+
+    run_dir = tmp_path / "run"
+    pretrain("--run-dir", run_dir, *SMALL, "--exit-interval", "10")
+    trained = PretrainConfig.load(run_dir / "config.json")
+    refused = pretrain("--resume", run_dir, "--lr", "0.01", "--lr-power-a", "0.3", check=False)
+    assert refused.returncode == 2
+    assert "--lr 0.02 -> 0.01, --lr-power-a 0.6308 -> 0.3" in refused.stderr
+    assert len(metrics(run_dir)) == 10  # nothing ran
+    accepted = pretrain("--resume", run_dir, "--lr", "0.01", "--lr-power-a", "0.3",
+                        "--override-opt-param-scheduler")  # fmt: skip
+    assert "continuing with the new schedule: --lr 0.02 -> 0.01" in accepted.stdout
+    asked = PretrainConfig.load(run_dir / "config.json")
+    assert asked.schedule["max_lr"] == 0.01 and asked.schedule["lr_power_a"] == 0.3
+    logged = [row["lr"] for row in metrics(run_dir)]
+    assert logged[:10] == lr_curve(trained, 10)  # the step's LR: base group, old schedule
+    assert logged[10:] == lr_curve(asked, 20)[10:]  # every step after: the new one
+    assert logged[10] != lr_curve(trained, 11)[10]  # (which differs from the old)
+
+
 def test_a_branch_from_inside_the_trunks_decay_is_refused(trunk, tmp_path):
     branch = tmp_path / "branch"
     result = pretrain("--init-from", trunk / "checkpoints/iter_0000020", "--run-dir", branch,
