@@ -286,7 +286,10 @@ class PowerOptimizerParamScheduler(OptimizerParamScheduler):
             return ScheduleSettings.from_dict({**mine, **saved})
         exempt: frozenset[str] = frozenset()
         branch_start = self.settings.lr_branch_decay_start_steps
-        if branch_start is not None:
+        new_branch = branch_start is not None and any(  # not a resume of the branch itself
+            saved.get(name) != getattr(self.settings, name) for name in _BRANCH_FIELDS
+        )
+        if new_branch:
             if branch_start < num_steps:
                 raise ScheduleMismatchError(
                     f"lr_branch_decay_start_steps: the branch starts at sample {branch_start}, "

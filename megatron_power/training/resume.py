@@ -35,7 +35,8 @@ class Change:
 def _dict_changes(cls: Any, old: dict, new: dict, prefix: str, schedule: bool) -> list[Change]:
     known = fields_by_name(cls)
     changes = []
-    for name in sorted(set(old) | set(new)):
+    given = set(old) | set(new)  # in the knobs' declared order (the --help order)
+    for name in [n for n in known if n in given] + sorted(given - set(known)):
         default = default_of(known[name]) if name in known else None
         before, after = old.get(name, default), new.get(name, default)
         if isinstance(before, list):

@@ -367,6 +367,27 @@ def test_branch_decay_from_a_stable_checkpoint():
     assert all(later[0][0] <= earlier[0][0] for earlier, later in pairwise(history))
 
 
+def test_a_branch_stopped_inside_its_decay_resumes_exactly():
+    def branch_scheduler():
+        return power_scheduler(
+            lr_decay_steps=2000,
+            lr_branch_decay_start_steps=1600,
+            lr_branch_decay_steps=400,
+            lr_branch_decay_style="linear",
+        )
+
+    trunk = power_scheduler()
+    run(trunk, [8] * 200)
+    uninterrupted = branch_scheduler()
+    uninterrupted.load_state_dict(trunk.state_dict())
+    stopped = branch_scheduler()
+    stopped.load_state_dict(trunk.state_dict())
+    run(stopped, [8] * 20)  # 160 samples into the branch's decay
+    resumed = branch_scheduler()
+    resumed.load_state_dict(stopped.state_dict())  # the same branch: not a new one
+    assert run(resumed, [8] * 30) == run(uninterrupted, [8] * 50)[20:]
+
+
 def test_branch_decay_before_the_checkpoint_is_refused():
     trunk = power_scheduler()
     run(trunk, [8] * 200)
