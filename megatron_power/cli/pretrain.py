@@ -243,8 +243,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
 
 #: pretrain flags whose argparse dest is not the config field's name.
 FIELD_OF_DEST = {"tp": "tensor_model_parallel_size", "ep": "expert_model_parallel_size"}
-#: Flags a resume applies as given: they do not change the run's math.
-PER_INVOCATION = {"exit_interval"}
 
 
 def resume_config(args: argparse.Namespace, given: set[str]) -> tuple[PretrainConfig, bool]:
@@ -284,9 +282,8 @@ def resume_config(args: argparse.Namespace, given: set[str]) -> tuple[PretrainCo
         refused += schedule_changes
     if refused:
         accept = ""
-        if schedule_changes:
-            accept = ("; --override-opt-param-scheduler accepts the schedule's changes" if
-                      not args.override_opt_param_scheduler else "")  # fmt: skip
+        if schedule_changes and not args.override_opt_param_scheduler:
+            accept = "; --override-opt-param-scheduler accepts the schedule's changes"
         fixed = [c for c in refused if not c.schedule]
         hint = (" (model, data, seed, batch and layout cannot change in a run: start a new "
                 "--run-dir, or --init-from one of its checkpoints)") if fixed else ""  # fmt: skip
