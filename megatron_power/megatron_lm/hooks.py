@@ -13,7 +13,8 @@ has:
   in its defaults (the global batch size), so bad input stops before training with one
   line naming the flag.
 * with ``--power-mup``: ``core_transformer_config_from_args`` returns the muP config,
-  ``get_model`` applies muP to each chunk before Megatron wraps it, and
+  ``get_model`` (or, from 0.19, the model builder's ``pre_wrap_hooks``) applies muP to
+  each chunk before Megatron wraps it, and
   ``get_megatron_optimizer`` receives muP's per-group overrides;
 * ``megatron.training.training.OptimizerParamScheduler``, which
   ``get_optimizer_param_scheduler`` looks up by module-global name, becomes
@@ -143,11 +144,46 @@ def with_mup_model(get_model: Callable, get_args: Callable) -> Callable:
             return get_model(model_provider_func, *rest, **options)
 
         def provider(*args, **kwargs):
-            return apply_mup(model_provider_func(*args, **kwargs), mup)
+            return _apply_mup_and_say_so(model_provider_func(*args, **kwargs), mup)
 
         return get_model(provider, *rest, **options)
 
     return wrapped_get_model
+
+
+def with_mup_pre_wrap_hook(setup_model_and_optimizer: Callable, get_args: Callable) -> Callable:
+    """Wrap ``setup_model_and_optimizer``: on 0.19+ a script that passes a config container
+    has its model built by the container's builder, not ``get_model``; muP goes in through
+    the builder's seam, ``cfg_container.model.pre_wrap_hooks``, before Megatron wraps it."""
+
+    def wrapped(*args, **options):
+        container = options.get("cfg_container")
+        model_config = getattr(container, "model", None)
+        mup = mup_from_args(get_args())
+        if mup is not None and model_config is not None:
+            model_config.pre_wrap_hooks = [
+                *model_config.pre_wrap_hooks,
+                lambda chunks: [_apply_mup_and_say_so(chunk, mup) for chunk in chunks],
+            ]
+        return setup_model_and_optimizer(*args, **options)
+
+    return wrapped
+
+
+def _apply_mup_and_say_so(model: Any, mup: Any) -> Any:
+    """apply_mup, with one line in the log per model chunk (rank 0)."""
+    model = apply_mup(model, mup)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        rules = model._megatron_power_mup
+        print(
+            f"megatron-power: muP applied to {type(model).__name__} (width multiplier "
+            f"{rules.width_mult:g}, embedding x{rules.embedding_multiplier:g}, "
+            f"residual x{rules.residual_multiplier:g}, logits /{rules.logits_divisor:g})",
+            flush=True,
+        )
+    return model
 
 
 def with_mup_optimizer(get_megatron_optimizer: Callable, get_args: Callable) -> Callable:
@@ -265,4 +301,7 @@ def install() -> None:
     )
     training.OptimizerParamScheduler = MegatronLMScheduler
     training.get_model = with_mup_model(training.get_model, get_args)
+    training.setup_model_and_optimizer = with_mup_pre_wrap_hook(
+        training.setup_model_and_optimizer, get_args
+    )
     training.get_megatron_optimizer = with_mup_optimizer(training.get_megatron_optimizer, get_args)
