@@ -12,7 +12,6 @@ This module adds what only tests need:
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import torch
@@ -65,8 +64,8 @@ def install_megatron_lm_cpu_shims() -> None:
     Answers: ``torch.cuda`` availability, devices, streams, synchronisation and memory
     queries; tensors created on ``cuda``; ``Tensor.type()`` (clip_grads asserts a cuda
     type); Megatron's JIT fuser (torch.compile) off, so call this before importing
-    megatron; the model-parallel RNG tracker in its CPU-generator mode; 0.16's fused
-    kernel loader.
+    megatron; the model-parallel RNG tracker's CUDA states (kept on the CPU generator);
+    0.16's fused kernel loader.
     """
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     cuda = torch.cuda
@@ -84,9 +83,9 @@ def install_megatron_lm_cpu_shims() -> None:
     cuda.get_device_capability = lambda *a, **k: (9, 0)
     cuda.get_device_name = lambda *a, **k: "cpu"
     cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
-    cuda.set_rng_state = lambda *a, **k: None
-    cuda.manual_seed = lambda *a, **k: None
-    cuda.manual_seed_all = lambda *a, **k: None
+    cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
+    cuda.manual_seed_all = lambda seed: None  # torch.manual_seed calls it
     cuda.nvtx.range_push = lambda *a, **k: None
     cuda.nvtx.range_pop = lambda *a, **k: None
     cuda.is_current_stream_capturing = lambda: False
@@ -153,21 +152,12 @@ def install_megatron_lm_cpu_shims() -> None:
 
 
 def _answer_megatron_lm_cuda_calls() -> None:
-    """The tree's own CUDA-only steps, where its modules have them."""
-    from megatron.core import tensor_parallel
+    """The tree's own CUDA-only steps: its RNG tracker keeps CPU generator states (so
+    checkpoints save and restore them), 0.16's fused kernel loader is skipped."""
     from megatron.core.tensor_parallel import random as tp_random
 
-    original_seed = tp_random.model_parallel_cuda_manual_seed
-    signature = inspect.signature(original_seed)
-
-    def model_parallel_cuda_manual_seed(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.arguments.update(inference_rng_tracker=True, force_reset_rng=True)  # CPU RNGs
-        torch.manual_seed(bound.arguments["seed"])
-        return original_seed(*bound.args, **bound.kwargs)
-
-    tp_random.model_parallel_cuda_manual_seed = model_parallel_cuda_manual_seed
-    tensor_parallel.model_parallel_cuda_manual_seed = model_parallel_cuda_manual_seed
+    tp_random._get_cuda_rng_state = lambda *a, clone=False, **k: torch.get_rng_state()
+    tp_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     try:
         import megatron.legacy.fused_kernels as fused_kernels
 
