@@ -33,7 +33,8 @@ def main() -> None:
     runs = {name: read(out / f"{name}.log") for name in ("plain", "plugin", "resumed")}
     timed = {
         name: statistics.median(r["ms"] for i, r in rows.items() if i > max(rows) // 6)
-        if rows else None
+        if rows
+        else None
         for name, rows in runs.items()
     }
     shared = sorted(set(runs["plugin"]) & set(runs["resumed"]))
@@ -62,7 +63,9 @@ def main() -> None:
         )
         if (out / "plugin.log").is_file()
         else None,
-        "final_loss": {name: rows[max(rows)]["loss"] if rows else None for name, rows in runs.items()},
+        "final_loss": {
+            name: rows[max(rows)]["loss"] if rows else None for name, rows in runs.items()
+        },
     }
     (out / "megatron_lm_gpu.json").write_text(json.dumps(result, indent=1) + "\n")
     print("| run | median ms/iteration (after the first sixth) | final lm loss |")
