@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 _APPLIED = "_megatron_power_mup"
+GROUP_ROLE_KEY = "megatron_power_role"
+"""Param-group field naming the muP role of a group muP overrides. Megatron 0.16-0.18
+match a checkpoint's groups by (wd_mult, lr_mult, expert, decoupled), which cannot tell
+the hidden group (LR/m) from the embedding group; this field can."""
 #: The two residual branches of every transformer layer, dense or MoE, local or TE spec.
 _RESIDUAL_BRANCH = re.compile(r"(^|\.)layers\.\d+\.(self_attention|mlp)$")
 
@@ -215,6 +219,7 @@ def mup_config_overrides(
             override["wd_mult"] = rules.wd_mult(role)
         if not override:
             continue
+        override[GROUP_ROLE_KEY] = role.value  # tells a checkpoint's muP groups apart
         predicate = ParamWithNamePredicate(
             name=f"megatron_power_mup_{role.value}",
             fn=lambda param, name, role=role: classify_parameter(name, param) is role,

@@ -16,6 +16,10 @@ has:
   ``get_model`` (or, from 0.19, the model builder's ``pre_wrap_hooks``) applies muP to
   each chunk before Megatron wraps it, and
   ``get_megatron_optimizer`` receives muP's per-group overrides;
+* resuming: a checkpoint's optimizer param groups are paired with the run's by muP
+  role as well (``MegatronOptimizer._filter_and_reorder_param_groups``), and under
+  ``--override-opt_param-scheduler`` every group keeps this run's LR range
+  (``load_checkpoint``), on every line;
 * ``megatron.training.training.OptimizerParamScheduler``, which
   ``get_optimizer_param_scheduler`` looks up by module-global name, becomes
   :class:`MegatronLMScheduler`, which takes Megatron's arguments unchanged and the
@@ -40,6 +44,7 @@ from ..arguments import (
 )
 from ..knobs import dest_of, knobs
 from ..megatron.mup import (
+    GROUP_ROLE_KEY,
     apply_mup,
     mup_config_overrides,
     mup_scale_lr_cond,
@@ -218,6 +223,75 @@ def with_mup_optimizer(get_megatron_optimizer: Callable, get_args: Callable) -> 
     return wrapped
 
 
+def with_group_matching_by_role(filter_and_reorder: Callable) -> Callable:
+    """Wrap ``MegatronOptimizer._filter_and_reorder_param_groups`` (how a checkpoint's
+    param groups are paired with the run's): pair them by Megatron's identifier without
+    the LR range, plus the muP role.
+
+    Megatron 0.16-0.18 leave max_lr out, so muP's hidden group (LR/m) and the embedding
+    group collide and the load fails; 0.19+ put max_lr in, so a resume with a changed
+    ``--lr`` finds no group. The role tells muP's groups apart on every line, and the LR
+    range a resume continues with is settled after the load (:func:`with_lr_range_kept`).
+    Where this pairing is not one to one, Megatron's own runs unchanged.
+    """
+
+    def key_of(group: dict) -> tuple:
+        from megatron.core.optimizer import optimizer as megatron_optimizer
+
+        names = [k for k in megatron_optimizer.param_group_identifier_keys
+                 if k not in ("max_lr", "min_lr")]  # fmt: skip
+        values = tuple(group.get(k, group.get(f"pre_{k}")) for k in names)
+        return (*values, group.get(GROUP_ROLE_KEY))
+
+    def filter_and_reorder_param_groups(current_groups: list, state_dict_groups: list) -> list:
+        saved: dict[tuple, dict] = {}
+        for group in state_dict_groups:
+            saved.setdefault(key_of(group), group)
+        needed = [key_of(group) for group in current_groups]
+        if len(saved) != len(state_dict_groups) or any(key not in saved for key in needed):
+            return filter_and_reorder(current_groups, state_dict_groups)
+        params_in_state_dict_order = [group["params"] for group in state_dict_groups]
+        paired = []
+        for key, params in zip(needed, params_in_state_dict_order, strict=False):
+            group = saved[key]
+            group["params"] = params
+            paired.append(group)
+        return paired
+
+    return staticmethod(filter_and_reorder_param_groups)
+
+
+def with_lr_range_kept(load_checkpoint: Callable, get_args: Callable) -> Callable:
+    """Wrap ``load_checkpoint``: under ``--override-opt_param-scheduler`` every param group
+    continues with this run's LR range (its max_lr/min_lr as built, muP's per-group ratios
+    included).
+
+    Without this, loading the optimizer state puts back the checkpoint's ranges (0.14-0.19:
+    a changed ``--lr`` is not applied to any group) or sets every group to ``--lr`` (main
+    after 0.19, PR #3720: muP's ratios are erased).
+    """
+    signature = inspect.signature(load_checkpoint)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        optimizer = bound.arguments.get("optimizer")
+        scheduler = bound.arguments.get("opt_param_scheduler")
+        groups = getattr(optimizer, "param_groups", None) or []
+        built = [(group.get("max_lr"), group.get("min_lr")) for group in groups]
+        result = load_checkpoint(*args, **kwargs)
+        if getattr(get_args(), "override_opt_param_scheduler", False) and built:
+            for group, (max_lr, min_lr) in zip(optimizer.param_groups, built, strict=True):
+                if max_lr is not None:
+                    group["max_lr"] = max_lr
+                if min_lr is not None:
+                    group["min_lr"] = min_lr
+            if scheduler is not None:
+                scheduler.step(0)
+        return result
+
+    return wrapped
+
+
 def _unwrap(module: Any) -> Any:
     """The GPTModel inside Megatron's DDP / Float16Module wrappers."""
     while hasattr(module, "module"):
@@ -300,6 +374,16 @@ def install() -> None:
         with_mup_config(arguments.core_transformer_config_from_args),
     )
     training.OptimizerParamScheduler = MegatronLMScheduler
+    from megatron.core.optimizer.optimizer import MegatronOptimizer
+
+    MegatronOptimizer._filter_and_reorder_param_groups = with_group_matching_by_role(
+        MegatronOptimizer._filter_and_reorder_param_groups
+    )
+    import megatron.training.checkpointing as checkpointing
+
+    _replace_everywhere(
+        checkpointing.load_checkpoint, with_lr_range_kept(checkpointing.load_checkpoint, get_args)
+    )
     training.get_model = with_mup_model(training.get_model, get_args)
     training.setup_model_and_optimizer = with_mup_pre_wrap_hook(
         training.setup_model_and_optimizer, get_args
