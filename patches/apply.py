@@ -65,7 +65,8 @@ def git_apply(tree: Path, patch: Path, *options: str) -> subprocess.CompletedPro
     )
 
 
-def verify(tree: Path) -> None:
+def verify(tree: Path) -> str | None:
+    """Parse the plugin's flags with the tree's own parser; the failure's last lines, or None."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])
     )
@@ -75,9 +76,9 @@ def verify(tree: Path) -> None:
         [sys.executable, "-c", VERIFY], cwd=tree, env=env, capture_output=True, text=True
     )
     if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise SystemExit(f"apply.py: error: the patched tree does not parse the flags:\n{tail}")
+        return "\n".join(result.stderr.strip().splitlines()[-5:])
     print(result.stdout.strip().splitlines()[-1])
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.verify:
         if not applied:
             raise SystemExit(f"apply.py: error: {patch.name} is not applied to {tree}")
-        verify(tree)
+        failure = verify(tree)
+        if failure:
+            raise SystemExit(
+                f"apply.py: error: the patched tree does not parse the flags:\n{failure}"
+            )  # noqa: E501
         return
     if applied:
         print(f"{patch.name}: already applied to {tree}")
@@ -109,7 +114,14 @@ def main(argv: list[str] | None = None) -> None:
         if done.returncode != 0:
             raise SystemExit(f"apply.py: error: applying {patch.name} failed:\n{done.stderr}")
         print(f"{patch.name}: applied to {tree}")
-    verify(tree)
+    failure = verify(tree)
+    if failure:
+        undo = "" if applied else f"; {patch.name} was reverted, the tree is as it was"
+        if not applied:
+            git_apply(tree, patch, "-R")
+        raise SystemExit(
+            f"apply.py: error: the patched tree does not parse the flags{undo}:\n{failure}"
+        )
 
 
 if __name__ == "__main__":

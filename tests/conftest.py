@@ -1,4 +1,6 @@
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +19,16 @@ def single_process_group():
     yield
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def megatron_lm_tree(tmp_path_factory) -> Path:
+    """A real Megatron-LM tree: MEGATRON_LM_DIR if set, else the newest release archive of
+    this Python line from ../shared/megatron-lm/, unpacked (a missing archive fails)."""
+    from tests.support.megatron_lm_trees import ARCHIVES, archives_for_this_line, unpack
+
+    if os.environ.get("MEGATRON_LM_DIR"):
+        return Path(os.environ["MEGATRON_LM_DIR"])
+    names = [n for n in archives_for_this_line() if "core_v" in n]
+    assert names, f"no Megatron-LM release archive for this Python line in {ARCHIVES}"
+    return unpack(names[-1], tmp_path_factory.mktemp("megatron-lm"))

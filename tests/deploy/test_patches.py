@@ -1,5 +1,5 @@
 """patches/: one patch per supported Megatron-LM release line, picked from the tree's
-version, applied with git and verified. Against a real tree when MEGATRON_LM_DIR is set."""
+version, applied with git and verified, also on a real release tree (megatron_lm_tree fixture)."""
 
 import os
 import shutil
@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 APPLY = REPO / "patches/apply.py"
-LINES = [f"core_r0.{minor}" for minor in range(14, 20)]
+LINES = [f"core_r0.{minor}" for minor in range(14, 21)]  # 0.20: Megatron-LM main
 
 
 def run_apply(*args):
@@ -42,7 +42,7 @@ def test_one_patch_per_supported_line():
         assert "+_install_megatron_power()" in text
 
 
-@pytest.mark.parametrize("minor", range(14, 20))
+@pytest.mark.parametrize("minor", range(14, 21))
 def test_apply_picks_the_line_and_applies_cleanly(tmp_path, minor):
     tree = fake_tree(tmp_path, minor, REPO / f"patches/core_r0.{minor}.patch")
     result = run_apply(tree, "--check")
@@ -59,12 +59,23 @@ def test_unknown_line_and_missing_tree_are_refused(tmp_path):
     assert result.returncode != 0 and "is not a Megatron-LM tree" in result.stderr
 
 
-@pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"), reason="set MEGATRON_LM_DIR")
-def test_patch_applies_and_verifies_on_a_real_tree(tmp_path):
+def test_patch_applies_and_verifies_on_a_real_tree(megatron_lm_tree, tmp_path):
     tree = tmp_path / "Megatron-LM"
-    shutil.copytree(os.environ["MEGATRON_LM_DIR"], tree)
+    shutil.copytree(megatron_lm_tree, tree)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, str(APPLY), str(tree)], capture_output=True,
                             text=True, check=False, env=env, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "megatron-power patch verified: power" in result.stdout
+
+
+def test_a_patch_that_does_not_verify_is_reverted(tmp_path):
+    """A tree the patch applies to but whose parser cannot take the flags (here: no
+    Megatron-LM code at all) is left exactly as it was."""
+    tree = fake_tree(tmp_path, 17, REPO / "patches/core_r0.17.patch")
+    target = tree / "megatron/training/__init__.py"
+    before = target.read_text()
+    result = run_apply(tree)
+    assert result.returncode != 0
+    assert "core_r0.17.patch was reverted, the tree is as it was" in result.stderr
+    assert target.read_text() == before

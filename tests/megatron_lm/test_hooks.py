@@ -1,5 +1,5 @@
-"""The Megatron-LM hooks: flags and validation everywhere; against a real Megatron-LM tree
-when MEGATRON_LM_DIR points at one (its code is never part of this repository)."""
+"""The Megatron-LM hooks: flags and validation everywhere, and against a real Megatron-LM
+release tree (the ``megatron_lm_tree`` fixture; its code is never part of this repository)."""
 
 import argparse
 import json
@@ -16,7 +16,6 @@ from megatron_power.megatron import PowerOptimizerParamScheduler
 from megatron_power.megatron_lm.hooks import add_megatron_lm_args, uses_plugin, validate_plugin_args
 
 REPO = Path(__file__).resolve().parents[2]
-TREE = os.environ.get("MEGATRON_LM_DIR")
 
 
 def megatron_like_parser():
@@ -77,10 +76,6 @@ def test_launcher_usage_errors():
         assert len(result.stderr.strip().splitlines()) == 1
 
 
-needs_tree = pytest.mark.skipif(
-    not TREE, reason="set MEGATRON_LM_DIR to a Megatron-LM checkout to run against it"
-)
-
 TREE_FLAGS = [
     "--lr", "0.02", "--min-lr", "0.0", "--lr-decay-style", "power", "--lr-power-a", "4",
     "--lr-power-b", "-0.51", "--train-iters", "300", "--micro-batch-size", "2",
@@ -91,8 +86,8 @@ TREE_FLAGS = [
 ]  # fmt: skip
 
 
-def run_in_tree(*extra, flags=TREE_FLAGS):
-    env = dict(os.environ, PYTHONPATH=f"{TREE}{os.pathsep}{REPO}", WORLD_SIZE="1", RANK="0")
+def run_in_tree(tree, *extra, flags=TREE_FLAGS):
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{REPO}", WORLD_SIZE="1", RANK="0")
     return subprocess.run(
         [sys.executable, "-m", "megatron_power.launch",
          str(REPO / "tests/support/megatron_lm_check.py"), *flags, *extra],
@@ -100,9 +95,8 @@ def run_in_tree(*extra, flags=TREE_FLAGS):
     )  # fmt: skip
 
 
-@needs_tree
-def test_real_megatron_lm_tree_builds_the_plugin_scheduler():
-    result = run_in_tree()
+def test_real_megatron_lm_tree_builds_the_plugin_scheduler(megatron_lm_tree):
+    result = run_in_tree(megatron_lm_tree)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     report = json.loads(line[len("RESULT ") :])
@@ -121,33 +115,37 @@ def test_real_megatron_lm_tree_builds_the_plugin_scheduler():
     assert report["lrs"][-1] == 0.0
 
 
-@needs_tree
-def test_real_tree_gives_power_its_one_default_tail_shape():
+def test_real_tree_gives_power_its_one_default_tail_shape(megatron_lm_tree):
     """Without --lr-wsd-decay-style Megatron-LM's parser fills in "exponential"; the
     launcher still runs Power's one default tail, exponential_e, as every entry point."""
     at = TREE_FLAGS.index("--lr-wsd-decay-style")
-    result = run_in_tree(flags=TREE_FLAGS[:at] + TREE_FLAGS[at + 2 :])
+    result = run_in_tree(megatron_lm_tree, flags=TREE_FLAGS[:at] + TREE_FLAGS[at + 2 :])
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
     report = json.loads(line[len("RESULT ") :])
     assert report["settings"]["lr_wsd_decay_style"] is None
     with_shape = json.loads(
-        next(x for x in run_in_tree().stdout.splitlines() if x.startswith("RESULT "))[7:]
+        next(
+            x for x in run_in_tree(megatron_lm_tree).stdout.splitlines() if x.startswith("RESULT ")
+        )[7:]
     )
     assert report["lrs"] == with_shape["lrs"]  # the same curve as naming exponential_e
 
 
-@needs_tree
-def test_real_tree_refuses_a_bad_flag_before_training():
-    result = run_in_tree("--lr-power-b", "0.5")
+def test_real_tree_refuses_a_bad_flag_before_training(megatron_lm_tree):
+    result = run_in_tree(megatron_lm_tree, "--lr-power-b", "0.5")
     assert result.returncode == 2
     assert "megatron-power: error: --lr-power-b" in result.stderr
 
 
-@needs_tree
-def test_real_tree_builds_the_mup_transformer_config():
+def test_real_tree_builds_the_mup_transformer_config(megatron_lm_tree):
     result = run_in_tree(
-        "--power-mup", "--power-mup-base-hidden-size", "16", "--init-method-std", "0.04"
+        megatron_lm_tree,
+        "--power-mup",
+        "--power-mup-base-hidden-size",
+        "16",
+        "--init-method-std",
+        "0.04",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
@@ -156,8 +154,7 @@ def test_real_tree_builds_the_mup_transformer_config():
     assert mup["init_std"] == pytest.approx(0.04 / 2, rel=0.02)  # m = 64/16 = 4
 
 
-@needs_tree
-def test_real_tree_refuses_plugin_mup_with_a_base_that_does_not_divide():
-    result = run_in_tree("--power-mup", "--power-mup-base-hidden-size", "48")
+def test_real_tree_refuses_plugin_mup_with_a_base_that_does_not_divide(megatron_lm_tree):
+    result = run_in_tree(megatron_lm_tree, "--power-mup", "--power-mup-base-hidden-size", "48")
     assert result.returncode == 2
     assert "--power-mup-base-hidden-size (base_hidden_size): 48 does not divide" in result.stderr

@@ -1,0 +1,185 @@
+"""The real ``pretrain_gpt.py`` of every Megatron-LM release tree for this Python line, on
+CPU with gloo, through the launcher and through the patch (tests/support/megatron_lm_run.py
+records what Megatron applied from its own optimizer and model).
+
+The trees are the archives in ../shared/megatron-lm/ (their README says which Python line
+each one runs on); expectations are computed here from the paper's formula and the muP
+rules of REFERENCE.md, never from the plugin's code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.megatron_lm_trees import ARCHIVES, LINE, archives_for_this_line, unpack
+
+REPO = Path(__file__).resolve().parents[2]
+TREES = archives_for_this_line()
+
+
+def test_the_release_trees_are_here():
+    """CI has ../shared beside the clone: a missing archive is a failure, not a skip."""
+    assert TREES, f"no Megatron-LM archives for Python {LINE} in {ARCHIVES}"
+    for name in TREES:
+        assert (ARCHIVES / name).is_file(), name
+
+
+@pytest.fixture(scope="module", params=TREES)
+def tree(request, tmp_path_factory) -> Path:
+    return unpack(request.param, tmp_path_factory.mktemp("tree"))
+
+
+CPU = [
+    "--distributed-backend", "gloo", "--transformer-impl", "local", "--use-cpu-initialization",
+    "--no-gradient-accumulation-fusion", "--no-bias-dropout-fusion", "--no-bias-gelu-fusion",
+    "--no-bias-swiglu-fusion", "--no-masked-softmax-fusion", "--no-rope-fusion",
+    "--no-persist-layer-norm", "--ckpt-format", "torch", "--num-workers", "0",
+]  # fmt: skip
+SEQ, BATCH, ITERS, WARMUP = 64, 4, 10, 2
+MODEL = [
+    "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+    "--seq-length", str(SEQ), "--max-position-embeddings", str(SEQ),
+    "--micro-batch-size", "2", "--global-batch-size", str(BATCH),
+    "--tokenizer-type", "NullTokenizer", "--vocab-size", "4096", "--mock-data",
+    "--log-interval", "1", "--eval-iters", "0", "--eval-interval", "1000",
+    "--attention-dropout", "0", "--hidden-dropout", "0", "--train-iters", str(ITERS),
+]  # fmt: skip
+A, B = 4.0, -0.51
+
+
+def power(lr_max: float, lr_warmup_iters: int = WARMUP):
+    flags = ["--lr", str(lr_max), "--min-lr", "0.0", "--lr-decay-style", "power",
+             "--lr-power-a", str(A), "--lr-power-b", str(B),
+             "--lr-warmup-iters", str(lr_warmup_iters)]  # fmt: skip
+    return flags
+
+
+MUP = [
+    "--power-mup", "--power-mup-base-hidden-size", "16",
+    "--power-mup-embedding-multiplier", "4", "--power-mup-residual-multiplier", "0.5",
+]  # fmt: skip
+WIDTH_MULT = 64 / 16
+
+
+def expected_lr(iteration: int, lr_max: float) -> float:
+    """REFERENCE.md section 1: the LR in force after ``iteration`` steps (n tokens seen),
+    beta = batch tokens / 4096, linear warmup to the law's value at N_warmup."""
+    beta = BATCH * SEQ / 4096
+
+    def law(n: float) -> float:
+        return min(lr_max, beta * A * n**B)
+
+    n, n_warmup = iteration * BATCH * SEQ, WARMUP * BATCH * SEQ
+    return n / n_warmup * law(n_warmup) if n < n_warmup else law(n)
+
+
+HIDDEN = re.compile(r"(linear_qkv|linear_proj|linear_fc1|linear_fc2)\.weight$")
+OUTPUT_PROJECTION = re.compile(r"(linear_proj|linear_fc2)\.weight$")
+
+
+def mup_lr_ratio(name: str) -> float:
+    """muP (REFERENCE.md section 3): hidden matrices get eta / m_width, the rest eta."""
+    return 1 / WIDTH_MULT if HIDDEN.search(name) else 1.0
+
+
+def run(tree: Path, record: Path, *flags: str, route: str = "launcher") -> dict:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    port = str(20000 + os.getpid() % 20000)
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=port, OMP_NUM_THREADS="1", PATH=path)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests/support/megatron_lm_run.py"), str(record), route,
+         str(tree / "pretrain_gpt.py"), *CPU, *MODEL, *flags],
+        capture_output=True, text=True, env=env, cwd=record.parent, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    data = json.loads(record.read_text())
+    data["log"] = result.stdout + result.stderr
+    return data
+
+
+def lrs_by_param(row: dict) -> dict[str, float]:
+    return {name: group["lr"] for group in row["groups"] for name in group["params"]}
+
+
+def test_power_and_mup_train_resume_and_override_on_the_real_tree(tree, tmp_path):
+    """One tree: train 10 iterations (checkpoint at 5), resume at 5, and resume at 5 with
+    --lr doubled under --override-opt_param-scheduler."""
+    lr = 0.004  # the cap binds from iteration 2 on: a doubled --lr changes the curve
+    full = run(tree, tmp_path / "full.json", *power(lr), *MUP,
+               "--save", str(tmp_path / "ckpt"), "--save-interval", "5")  # fmt: skip
+
+    # Megatron applies the Power formula, scaled per parameter by muP, at every iteration.
+    assert [row["iteration"] for row in full["rows"]] == list(range(1, ITERS + 1))
+    for row in full["rows"]:
+        for name, applied in lrs_by_param(row).items():
+            assert applied == pytest.approx(
+                expected_lr(row["iteration"], lr) * mup_lr_ratio(name), rel=1e-9
+            ), (row["iteration"], name)
+
+    # muP on the live model: multipliers measured by calling modules with and without
+    # their hooks, init std measured on the weights, attention scale 1/d_head.
+    model = full["model"]
+    assert "megatron-power: muP applied to GPTModel" in full["log"]
+    assert model["multipliers"] == pytest.approx(
+        {"embedding": 4.0, "output_layer": 1 / WIDTH_MULT, "mlp": 0.5}, rel=1e-5
+    )
+    assert model["softmax_scale"] == pytest.approx(1 / 16)
+    for name, std in model["param_std"].items():
+        if HIDDEN.search(name):  # init_std / sqrt(m), output projections also / sqrt(2L)
+            depth = (2 * 2) ** 0.5 if OUTPUT_PROJECTION.search(name) else 1.0
+            want = 0.02 / WIDTH_MULT**0.5 / depth
+        elif name.endswith("embeddings.weight"):
+            want = 0.02
+        else:
+            continue
+        assert std == pytest.approx(want, rel=0.06), name
+
+    # Resumed at 5: loss and every group's LR equal the uninterrupted run's.
+    resumed = run(tree, tmp_path / "resumed.json", *power(lr), *MUP,
+                  "--load", str(tmp_path / "ckpt"), "--ckpt-step", "5")  # fmt: skip
+    assert [row["iteration"] for row in resumed["rows"]] == list(range(1, ITERS - 5 + 1))
+    for before, after in zip(full["rows"][5:], resumed["rows"], strict=True):
+        assert after["loss"] == before["loss"]
+        assert lrs_by_param(after) == lrs_by_param(before)
+
+    # Resumed at 5 with --lr doubled and the override: the new schedule, muP ratios kept.
+    override = run(tree, tmp_path / "override.json", *power(2 * lr), *MUP,
+                   "--load", str(tmp_path / "ckpt"), "--ckpt-step", "5",
+                   "--override-opt_param-scheduler")  # fmt: skip
+    for row in override["rows"]:
+        iteration = row["iteration"] + 5
+        for name, applied in lrs_by_param(row).items():
+            want = expected_lr(iteration, 2 * lr) * mup_lr_ratio(name)
+            assert applied == pytest.approx(want, rel=1e-9), (iteration, name)
+        assert expected_lr(iteration, 2 * lr) != pytest.approx(expected_lr(iteration, lr))
+
+
+@pytest.fixture(scope="module")
+def patched_tree(tree, tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("patched") / tree.name
+    shutil.copytree(tree, copy)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(REPO / "patches/apply.py"), str(copy)],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return copy
+
+
+def test_the_patched_tree_runs_power_and_mup_without_the_launcher(patched_tree, tmp_path):
+    lr = 0.004
+    data = run(patched_tree, tmp_path / "patched.json", *power(lr), *MUP, route="patched")
+    assert "megatron-power: muP applied to GPTModel" in data["log"]
+    assert data["model"]["multipliers"]["embedding"] == pytest.approx(4.0, rel=1e-5)
+    for row in data["rows"]:
+        for name, applied in lrs_by_param(row).items():
+            want = expected_lr(row["iteration"], lr) * mup_lr_ratio(name)
+            assert applied == pytest.approx(want, rel=1e-9), (row["iteration"], name)
