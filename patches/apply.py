@@ -8,7 +8,9 @@
 The release line comes from the tree's megatron/core/package_info.py (MAJOR.MINOR ->
 patches/core_r<MAJOR>.<MINOR>.patch). The patch makes ``python pretrain_gpt.py`` accept
 the plugin's flags without the launcher; verification parses
-``--lr-decay-style power --power-mup ...`` with the tree's own argument parser.
+``--lr-decay-style power --power-mup ...`` with the tree's own argument parser (without
+importing Transformer Engine, so it runs where no GPU is, as in ``docker build``); a patch
+that does not verify is reverted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ TARGET = Path("megatron/training/__init__.py")
 
 VERIFY = """
 import sys
+
+
+class NoTransformerEngine:
+    # Verification parses flags only: Transformer Engine (which wants a GPU, absent at
+    # image build time) is never imported; Megatron runs without it.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("transformer_engine", "transformer_engine_torch"):
+            raise ModuleNotFoundError(name)
+        return None
+
+
+sys.meta_path.insert(0, NoTransformerEngine())
 sys.argv = ["pretrain_gpt.py", "--lr", "0.02", "--lr-decay-style", "power", "--lr-power-a", "4",
             "--lr-power-b", "-0.51", "--power-mup", "--power-mup-base-hidden-size", "64",
             "--num-layers", "2", "--hidden-size", "128", "--num-attention-heads", "4",
@@ -99,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         if failure:
             raise SystemExit(
                 f"apply.py: error: the patched tree does not parse the flags:\n{failure}"
-            )  # noqa: E501
+            )
         return
     if applied:
         print(f"{patch.name}: already applied to {tree}")

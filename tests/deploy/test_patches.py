@@ -62,7 +62,12 @@ def test_unknown_line_and_missing_tree_are_refused(tmp_path):
 def test_patch_applies_and_verifies_on_a_real_tree(megatron_lm_tree, tmp_path):
     tree = tmp_path / "Megatron-LM"
     shutil.copytree(megatron_lm_tree, tree)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # A Transformer Engine that breaks on import: verification must not touch it (docker
+    # build has no GPU).
+    trap = tmp_path / "site" / "transformer_engine"
+    trap.mkdir(parents=True)
+    (trap / "__init__.py").write_text("raise RuntimeError('Transformer Engine was imported')\n")
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{trap.parent}")
     result = subprocess.run([sys.executable, str(APPLY), str(tree)], capture_output=True,
                             text=True, check=False, env=env, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

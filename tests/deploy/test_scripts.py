@@ -57,6 +57,11 @@ def test_hadolint_the_dockerfile():
     assert "FROM nvcr.io/nvidia/pytorch:${NGC_TAG}-py3" in text
     assert "ARG MEGATRON_LM_TAG=core_v0.16.1" in text and "ARG NGC_TAG=25.11" in text
     assert "patches/apply.py" in text
+    # The image's PYTHONPATH is extended, not replaced; no build step imports megatron.core
+    # (and so Transformer Engine) without a GPU; every task gets CUDA_DEVICE_MAX_CONNECTIONS.
+    assert "PYTHONPATH=/opt/Megatron-LM${PYTHONPATH:+:${PYTHONPATH}}" in text
+    assert "import megatron" not in text
+    assert re.search(r"^\s+CUDA_DEVICE_MAX_CONNECTIONS=1$", text, re.M)
 
 
 TOKENIZER = "/models/powerlm-tokenizer"
