@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any
 
 from .knobs import Knob, Unit, default_of, dest_of, flag_naming, knob_of, knobs
@@ -197,7 +198,25 @@ def settings_from_args(args: argparse.Namespace) -> ScheduleSettings:
     try:
         return ScheduleSettings(**values)
     except ValueError as error:
-        raise ValueError(name_the_flag(str(error))) from None
+        raise ValueError(_in_the_units_given(args, str(error), batch)) from None
+
+
+def _in_the_units_given(args: argparse.Namespace, message: str, batch: int | None) -> str:
+    """A ScheduleSettings message (counts in samples) for a user who gave iterations: the
+    flag they gave, with its value, and what the counts mean."""
+    field = message.partition(":")[0].strip()
+    meta = next((m for item, m in knobs(ScheduleSettings) if item.name == field), None)
+    if meta is None or meta.unit is not Unit.SAMPLES:
+        return name_the_flag(message)
+    given = [flag for flag in meta.flags() if _meaningful(_given(args, dest_of(flag)))]
+    if not given:
+        return name_the_flag(message)
+    value = _given(args, dest_of(given[0]))
+    shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else value
+    text = f"{given[0]} {shown} ({field}):{message.partition(':')[2]}"
+    if given[0].endswith("-iters") or (args.train_iters is not None and batch):
+        text += f" (counts in samples; one iteration is {batch} samples)"
+    return text
 
 
 def check_rampup(rampup: list[int] | None, global_batch_size: int) -> None:
@@ -230,6 +249,23 @@ def batch_size_at(samples: int, global_batch_size: int, rampup: list[int] | None
     samples_per_increment = ramp_samples / steps
     current = start + int(samples // samples_per_increment) * increment
     return min(current, global_batch_size)
+
+
+def rampup_as_step_schedule(rampup: list[int], global_batch_size: int, seq_length: int) -> str:
+    """The ``--step-batch-size-schedule`` (thresholds in tokens) that gives the batch sizes
+    of ``--rampup-batch-size START INCREMENT SAMPLES`` at every step (Megatron's rule:
+    START + floor(consumed / (SAMPLES / steps)) * INCREMENT)."""
+    start, increment, ramp_samples = rampup
+    steps = (global_batch_size - start) // increment
+    if steps <= 0:
+        return f"0:{global_batch_size}"
+    entries = []
+    for k in range(steps + 1):
+        samples = math.ceil(k * ramp_samples / steps)
+        while batch_size_at(samples, global_batch_size, rampup) < start + k * increment:
+            samples += 1  # float division in Megatron's rule: the first sample that reaches k
+        entries.append(f"{samples * seq_length}:{start + k * increment}")
+    return " ".join(entries)
 
 
 # ------------------------------------------------------------------------------ muP

@@ -40,6 +40,7 @@ from ..arguments import (
     add_power_args,
     mup_from_args,
     name_the_mup_flag,
+    rampup_as_step_schedule,
     settings_from_args,
 )
 from ..knobs import dest_of, knobs
@@ -97,6 +98,30 @@ def uses_plugin(args: argparse.Namespace) -> bool:
             if getattr(args, dest_of(flag), None) is not None:
                 return True
     return False
+
+
+def check_before_megatron(args: argparse.Namespace) -> None:
+    """Stop, with one line naming the flag, on what Megatron-LM's own ``validate_args``
+    would end in a bare AssertionError or silently ignore."""
+    try:
+        if getattr(args, "seq_length", None) is None and not getattr(
+            args, "encoder_seq_length", None
+        ):
+            raise ValueError("--seq-length: required (the tokens in every sample)")
+        rampup = getattr(args, "rampup_batch_size", None)
+        if rampup and hasattr(args, "step_batch_size_schedule"):
+            # 0.18+ deprecated the ramp: its calculator ignores it (a warning, no ramp).
+            schedule = rampup_as_step_schedule(
+                [int(x) for x in rampup], args.global_batch_size, args.seq_length
+            )
+            raise ValueError(
+                "--rampup-batch-size: this Megatron-LM ignores it (deprecated since 0.18); "
+                f'give the same ramp as --step-batch-size-schedule "{schedule}" '
+                "without --global-batch-size"
+            )
+    except ValueError as error:
+        sys.stderr.write(f"megatron-power: error: {error}\n")
+        raise SystemExit(2) from None
 
 
 def flag_given(flag: str, argv: list[str]) -> bool:
@@ -304,6 +329,9 @@ def scheduler_arguments(megatron_args: argparse.Namespace, kwargs: dict[str, Any
     every ScheduleSettings field its constructor lacks (from the parsed flags)."""
     if not uses_plugin(megatron_args):
         return dict(kwargs)
+    if getattr(megatron_args, "train_samples", None):
+        # A sample-based run: Megatron has filled in train_iters from it by now.
+        megatron_args = argparse.Namespace(**{**vars(megatron_args), "train_iters": None})
     settings = settings_from_args(megatron_args)
     completed = {**kwargs, **{name: getattr(settings, name) for name in plugin_scheduler_fields()}}
     # Megatron passes its own default shape when none was given; the settings know whether
@@ -358,6 +386,7 @@ def install() -> None:
         return args
 
     def validate_args(args, *rest, **options):
+        check_before_megatron(args)
         result = original_validate(args, *rest, **options)
         validate_plugin_args(args)
         return result

@@ -90,16 +90,22 @@ def mup_lr_ratio(name: str) -> float:
     return 1 / WIDTH_MULT if HIDDEN.search(name) else 1.0
 
 
-def run(tree: Path, record: Path, *flags: str, route: str = "launcher") -> dict:
+def run_megatron_lm(tree: Path, record: Path, *flags: str, route: str = "launcher",
+                    model: list[str] = MODEL) -> subprocess.CompletedProcess:  # fmt: skip
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     port = str(20000 + os.getpid() % 20000)
     env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=port, OMP_NUM_THREADS="1", PATH=path)  # fmt: skip
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(REPO / "tests/support/megatron_lm_run.py"), str(record), route,
-         str(tree / "pretrain_gpt.py"), *CPU, *MODEL, *flags],
+         str(tree / "pretrain_gpt.py"), *CPU, *model, *flags],
         capture_output=True, text=True, env=env, cwd=record.parent, timeout=600,
     )  # fmt: skip
+
+
+def run(tree: Path, record: Path, *flags: str, route: str = "launcher",
+        model: list[str] = MODEL) -> dict:  # fmt: skip
+    result = run_megatron_lm(tree, record, *flags, route=route, model=model)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     data = json.loads(record.read_text())
     data["log"] = result.stdout + result.stderr
@@ -183,3 +189,86 @@ def test_the_patched_tree_runs_power_and_mup_without_the_launcher(patched_tree, 
         for name, applied in lrs_by_param(row).items():
             want = expected_lr(row["iteration"], lr) * mup_lr_ratio(name)
             assert applied == pytest.approx(want, rel=1e-9), (row["iteration"], name)
+
+
+def without(flags: list[str], *names: str) -> list[str]:
+    """``flags`` less each named flag and its value."""
+    kept, skip = [], False
+    for item in flags:
+        if skip:
+            skip = False
+        elif item in names:
+            skip = True
+        else:
+            kept.append(item)
+    return kept
+
+
+def run_failing(tree: Path, tmp_path: Path, *flags: str, model: list[str] = MODEL):
+    result = run_megatron_lm(tree, tmp_path / "refused.json", *flags, model=model)
+    assert result.returncode == 2, (result.stdout + result.stderr)[-3000:]
+    return result
+
+
+def megatron_lm_version(tree: Path) -> tuple[int, int]:
+    text = (tree / "megatron/core/package_info.py").read_text()
+    major, minor = (re.search(rf"^{k}\s*=\s*(\d+)", text, re.M) for k in ("MAJOR", "MINOR"))
+    return int(major.group(1)), int(minor.group(1))
+
+
+def power_lr_varying_batch(rows: list[dict], lr_max: float, warmup_samples: int) -> list[float]:
+    """REFERENCE.md section 1 with the batch in force at each step: after each step, n is
+    the tokens seen so far and beta the batch of that step in sequences of 4096 tokens."""
+    expected, samples = [], 0
+    for row in rows:
+        samples += row["global_batch_size"]
+        beta = row["global_batch_size"] * SEQ / 4096
+
+        def law(n: float, beta: float = beta) -> float:
+            return min(lr_max, beta * A * n**B)
+
+        n, n_warmup = samples * SEQ, warmup_samples * SEQ
+        expected.append(n / n_warmup * law(n_warmup) if n < n_warmup else law(n))
+    return expected
+
+
+def test_power_follows_the_batch_size_schedule_at_every_step(tree, tmp_path):
+    """A batch-size ramp (0.14-0.17: --rampup-batch-size; 0.18+: its replacement,
+    --step-batch-size-schedule in tokens): Megatron's batch at every step, Power's LR with
+    that step's beta."""
+    lr, warmup = 0.05, 8
+    schedule = ["--lr", str(lr), "--min-lr", "0.0", "--lr-decay-style", "power",
+                "--lr-power-a", str(A), "--lr-power-b", str(B),
+                "--lr-warmup-samples", str(warmup), "--train-samples", "64"]  # fmt: skip
+    model = without(MODEL, "--train-iters", "--global-batch-size")
+    if megatron_lm_version(tree) >= (0, 18):
+        batches = ["--step-batch-size-schedule", f"0:2 {8 * SEQ}:4 {16 * SEQ}:8"]
+        want = lambda consumed: 2 if consumed < 8 else 4 if consumed < 16 else 8  # noqa: E731
+    else:
+        batches = ["--global-batch-size", "8", "--rampup-batch-size", "2", "2", "24"]
+        want = lambda consumed: min(8, 2 + int(consumed // 8) * 2)  # noqa: E731 (8 = 24 / 3 steps)
+    data = run(tree, tmp_path / "ramp.json", *schedule, *batches, model=model)
+    consumed, seen = 0, []
+    for row in data["rows"]:
+        assert row["global_batch_size"] == want(consumed), consumed
+        consumed += row["global_batch_size"]
+        seen.append(row["global_batch_size"])
+    assert len(set(seen)) >= 3 and consumed > 24  # the batch changed, the ramp ended
+    expected = power_lr_varying_batch(data["rows"], lr, warmup)
+    for row, want_lr in zip(data["rows"], expected, strict=True):
+        for name, applied in lrs_by_param(row).items():
+            assert applied == pytest.approx(want_lr, rel=1e-9), (row["iteration"], name)
+
+
+def test_flags_megatron_would_assert_on_or_ignore_are_refused_in_one_line(tree, tmp_path):
+    without_seq = without(MODEL, "--seq-length")
+    result = run_failing(tree, tmp_path, *power(0.01), model=without_seq)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "megatron-power: error: --seq-length: required (the tokens in every sample)"
+    )
+    if megatron_lm_version(tree) >= (0, 18):  # Megatron deprecated the ramp and ignores it
+        ramp = run_failing(tree, tmp_path, *power(0.01), "--global-batch-size", "8",
+                           "--rampup-batch-size", "2", "2", "24")  # fmt: skip
+        line = ramp.stderr.strip().splitlines()[-1]
+        assert line.startswith("megatron-power: error: --rampup-batch-size: this Megatron-LM")
+        assert f'--step-batch-size-schedule "0:2 {8 * SEQ}:4 {16 * SEQ}:6 {24 * SEQ}:8"' in line
