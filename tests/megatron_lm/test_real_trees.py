@@ -90,22 +90,37 @@ def mup_lr_ratio(name: str) -> float:
     return 1 / WIDTH_MULT if HIDDEN.search(name) else 1.0
 
 
-def run_megatron_lm(tree: Path, record: Path, *flags: str, route: str = "launcher",
-                    model: list[str] = MODEL) -> subprocess.CompletedProcess:  # fmt: skip
+def run_megatron_lm(
+    tree: Path,
+    record: Path,
+    *flags: str,
+    route: str = "launcher",
+    model: list[str] = MODEL,
+    ranks: int = 1,
+) -> subprocess.CompletedProcess:
+    """The tree's pretrain_gpt.py under the recorder, one process per rank (gloo)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     port = str(20000 + os.getpid() % 20000)
-    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=port, OMP_NUM_THREADS="1", PATH=path)  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=path)
+    if ranks == 1:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port)  # fmt: skip
+        launcher = [sys.executable]
+    else:
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
+                    str(ranks), "--master-port", port]  # fmt: skip
     return subprocess.run(
-        [sys.executable, str(REPO / "tests/support/megatron_lm_run.py"), str(record), route,
+        [*launcher, str(REPO / "tests/support/megatron_lm_run.py"), str(record), route,
          str(tree / "pretrain_gpt.py"), *CPU, *model, *flags],
         capture_output=True, text=True, env=env, cwd=record.parent, timeout=600,
     )  # fmt: skip
 
 
 def run(tree: Path, record: Path, *flags: str, route: str = "launcher",
-        model: list[str] = MODEL) -> dict:  # fmt: skip
-    result = run_megatron_lm(tree, record, *flags, route=route, model=model)
+        model: list[str] = MODEL, ranks: int = 1) -> dict:  # fmt: skip
+    result = run_megatron_lm(tree, record, *flags, route=route, model=model, ranks=ranks)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     data = json.loads(record.read_text())
     data["log"] = result.stdout + result.stderr
@@ -272,3 +287,52 @@ def test_flags_megatron_would_assert_on_or_ignore_are_refused_in_one_line(tree, 
         line = ramp.stderr.strip().splitlines()[-1]
         assert line.startswith("megatron-power: error: --rampup-batch-size: this Megatron-LM")
         assert f'--step-batch-size-schedule "0:2 {8 * SEQ}:4 {16 * SEQ}:6 {24 * SEQ}:8"' in line
+
+
+EXPERT_OR_ROUTER = re.compile(r"mlp\.(router\.weight|experts\..*linear_fc[12]\.weight)$")
+MOE = ["--num-experts", "4", "--expert-model-parallel-size", "2", "--moe-router-topk", "2",
+       "--moe-ffn-hidden-size", "32", "--disable-bias-linear"]  # fmt: skip
+
+
+def test_moe_with_expert_parallelism_applies_mup_and_resumes(tree, tmp_path):
+    """A MoE on two ranks (EP=2, gloo): the router and every expert matrix are hidden
+    matrices for muP (LR / m, init std / sqrt(m)); resumed at 5 it equals the full run.
+    (MoE with TP > 1 needs sequence parallelism, whose norms need TE or apex: not on CPU.)"""
+    lr = 0.004
+    full = run(tree, tmp_path / "moe.json", *power(lr), *MUP, *MOE, "--save",
+               str(tmp_path / "ckpt"), "--save-interval", "5", ranks=2)  # fmt: skip
+    experts = [n for n in full["model"]["param_std"] if EXPERT_OR_ROUTER.search(n)]
+    assert len(experts) == 2 * (1 + 2 * 2)  # per layer: router + 2 local experts x fc1, fc2
+    for name in experts:
+        depth = (2 * 2) ** 0.5 if name.endswith("linear_fc2.weight") else 1.0
+        want = 0.02 / WIDTH_MULT**0.5 / depth
+        assert full["model"]["param_std"][name] == pytest.approx(want, rel=0.1), name
+    for row in full["rows"]:
+        lrs = lrs_by_param(row)
+        for name in experts:
+            want = expected_lr(row["iteration"], lr) / WIDTH_MULT
+            assert lrs[name] == pytest.approx(want, rel=1e-9), (row["iteration"], name)
+    resumed = run(tree, tmp_path / "moe_resumed.json", *power(lr), *MUP, *MOE, "--load",
+                  str(tmp_path / "ckpt"), "--ckpt-step", "5", ranks=2)  # fmt: skip
+    for before, after in zip(full["rows"][5:], resumed["rows"], strict=True):
+        assert after["loss"] == before["loss"]
+        assert lrs_by_param(after) == lrs_by_param(before)
+
+
+def test_tensor_parallel_gpt_gets_the_same_mup(tree, tmp_path):
+    """TP=2 on two ranks: every shard's LR, the multipliers on the live (sharded) model and
+    the init std are the muP rule's, from global sizes, not shard shapes."""
+    lr = 0.004
+    data = run(tree, tmp_path / "tp.json", *power(lr), *MUP, "--tensor-model-parallel-size",
+               "2", ranks=2)  # fmt: skip
+    assert data["model"]["multipliers"] == pytest.approx(
+        {"embedding": 4.0, "output_layer": 1 / WIDTH_MULT, "mlp": 0.5}, rel=1e-5
+    )
+    for name, std in data["model"]["param_std"].items():
+        if HIDDEN.search(name):
+            depth = (2 * 2) ** 0.5 if OUTPUT_PROJECTION.search(name) else 1.0
+            assert std == pytest.approx(0.02 / WIDTH_MULT**0.5 / depth, rel=0.1), name
+    for row in data["rows"]:
+        for name, applied in lrs_by_param(row).items():
+            want = expected_lr(row["iteration"], lr) * mup_lr_ratio(name)
+            assert applied == pytest.approx(want, rel=1e-9), (row["iteration"], name)

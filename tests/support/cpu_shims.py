@@ -13,6 +13,7 @@ This module adds what only tests need:
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -65,7 +66,8 @@ def install_megatron_lm_cpu_shims() -> None:
     queries; tensors created on ``cuda``; ``Tensor.type()`` (clip_grads asserts a cuda
     type); Megatron's JIT fuser (torch.compile) off, so call this before importing
     megatron; the model-parallel RNG tracker's CUDA states (kept on the CPU generator);
-    0.16's fused kernel loader.
+    0.16's fused kernel loader and its MoE router's
+    Transformer Engine gemm.
     """
     os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     cuda = torch.cuda
@@ -82,6 +84,9 @@ def install_megatron_lm_cpu_shims() -> None:
     cuda.reset_peak_memory_stats = lambda *a, **k: None
     cuda.get_device_capability = lambda *a, **k: (9, 0)
     cuda.get_device_name = lambda *a, **k: "cpu"
+    cuda.get_device_properties = lambda *a, **k: SimpleNamespace(
+        name="cpu", major=9, minor=0, total_memory=0, multi_processor_count=1
+    )
     cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
     cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
@@ -155,6 +160,9 @@ def _answer_megatron_lm_cuda_calls() -> None:
     """The tree's own CUDA-only steps: its RNG tracker keeps CPU generator states (so
     checkpoints save and restore them), 0.16's fused kernel loader is skipped."""
     from megatron.core.tensor_parallel import random as tp_random
+    from megatron.core.transformer.moe import moe_utils
+
+    moe_utils.te_general_gemm = None  # 0.16's router looks it up; set only with TE
 
     tp_random._get_cuda_rng_state = lambda *a, clone=False, **k: torch.get_rng_state()
     tp_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
