@@ -10,6 +10,7 @@ rules of REFERENCE.md, never from the plugin's code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -336,3 +337,64 @@ def test_tensor_parallel_gpt_gets_the_same_mup(tree, tmp_path):
         for name, applied in lrs_by_param(row).items():
             want = expected_lr(row["iteration"], lr) * mup_lr_ratio(name)
             assert applied == pytest.approx(want, rel=1e-9), (row["iteration"], name)
+
+
+def exponential_e(r: float) -> float:
+    """The paper's / IBM's decay coefficient (REFERENCE.md section 1): 1 at r=0, 0 at r=1."""
+    return (math.e ** (1 - r) - 1) / (math.e - 1)
+
+
+def wsd_family_lr(style: str, iteration: int, lr_max: float) -> float:
+    """The LR in force after ``iteration`` steps (REFERENCE.md section 2), warmup of WARMUP
+    iterations to lr_max, decays of 4 iterations with the exponential_e shape to 0:
+    WSD decays over the last 4 of the 10 iterations, WSD-S before iterations 6 and 10
+    (then back to the stable LR), a branch decay from iteration 4 (the run ends at 8)."""
+    if iteration < WARMUP:
+        return lr_max * iteration / WARMUP
+    ends = {"WSD": [10], "WSD-S": [6, 10], "branch": [8]}[style]
+    for end in ends:
+        if end - 4 <= iteration <= end:
+            return lr_max * exponential_e((iteration - (end - 4)) / 4)
+    return lr_max
+
+
+WSD_FAMILY = {
+    "WSD": ["--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "4"],
+    "WSD-S": ["--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "4",
+              "--lr-wsd-cycle-iters", "6", "10"],
+    "branch": ["--lr-decay-style", "constant", "--lr-branch-decay-start-iters", "4",
+               "--lr-branch-decay-iters", "4"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("style", ["WSD", "WSD-S"])
+def test_the_wsd_family_on_the_real_tree(tree, tmp_path, style):
+    lr = 0.01
+    flags = ["--lr", str(lr), "--min-lr", "0.0", "--lr-warmup-iters", str(WARMUP),
+             "--lr-wsd-decay-style", "exponential_e", *WSD_FAMILY[style]]  # fmt: skip
+    data = run(tree, tmp_path / f"{style}.json", *flags)
+    assert [row["iteration"] for row in data["rows"]] == list(range(1, ITERS + 1))
+    for row in data["rows"]:
+        want = wsd_family_lr(style, row["iteration"], lr)
+        for name, applied in lrs_by_param(row).items():
+            assert applied == pytest.approx(want, rel=1e-9, abs=1e-15), (row["iteration"], name)
+
+
+def test_a_branch_decay_resumes_a_stable_checkpoint(tree, tmp_path):
+    """A constant-LR run saved at 4; resumed there with the branch flags and --train-iters 8
+    (no override: a branch changes only what is not trained yet), it decays to 0 by 8."""
+    lr = 0.01
+    common = ["--lr", str(lr), "--min-lr", "0.0", "--lr-warmup-iters", str(WARMUP),
+              "--lr-wsd-decay-style", "exponential_e", "--lr-decay-style", "constant"]  # fmt: skip
+    run(tree, tmp_path / "stable.json", *common, "--save", str(tmp_path / "ckpt"),
+        "--save-interval", "4")  # fmt: skip
+    branch = run(tree, tmp_path / "branch.json", *common, *WSD_FAMILY["branch"][2:],
+                 "--load", str(tmp_path / "ckpt"), "--ckpt-step", "4",
+                 "--train-iters", "8")  # fmt: skip
+    assert len(branch["rows"]) == 4
+    for row in branch["rows"]:
+        iteration = row["iteration"] + 4
+        want = wsd_family_lr("branch", iteration, lr)
+        for name, applied in lrs_by_param(row).items():
+            assert applied == pytest.approx(want, rel=1e-9, abs=1e-15), (iteration, name)
+    assert wsd_family_lr("branch", 8, lr) == 0.0
