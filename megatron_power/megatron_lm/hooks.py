@@ -345,10 +345,33 @@ class MegatronLMScheduler(PowerOptimizerParamScheduler):
     """Megatron-LM constructs this with OptimizerParamScheduler's arguments; the plugin's
     options come from Megatron-LM's parsed arguments."""
 
+    latest: MegatronLMScheduler | None = None
+    """The run's scheduler (one per process), for the training log."""
+
     def __init__(self, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         from megatron.training.global_vars import get_args
 
         super().__init__(optimizer, *args, **scheduler_arguments(get_args(), kwargs))
+        MegatronLMScheduler.latest = self
+
+    def base_lr(self) -> float:
+        """The LR of a group with the run's own max_lr/min_lr (no muP or other scaling)."""
+        return self.get_lr({"max_lr": self.max_lr, "min_lr": self.min_lr})
+
+
+def with_base_lr_logged(training_log: Callable) -> Callable:
+    """Wrap ``training_log`` on 0.14/0.15: Megatron logs the LR of the last param group,
+    which with muP's ``lr_mult`` group is the hidden matrices' LR / m; log the run's."""
+    signature = inspect.signature(training_log)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        scheduler = MegatronLMScheduler.latest
+        bound = signature.bind(*args, **kwargs)
+        if scheduler is not None and bound.arguments.get("learning_rate") is not None:
+            bound.arguments["learning_rate"] = scheduler.base_lr()
+        return training_log(*bound.args, **bound.kwargs)
+
+    return wrapped
 
 
 def _replace_everywhere(original: Any, replacement: Any) -> None:
@@ -417,4 +440,6 @@ def install() -> None:
     training.setup_model_and_optimizer = with_mup_pre_wrap_hook(
         training.setup_model_and_optimizer, get_args
     )
+    if "config_overrides" not in inspect.signature(training.get_megatron_optimizer).parameters:
+        training.training_log = with_base_lr_logged(training.training_log)  # <= 0.15
     training.get_megatron_optimizer = with_mup_optimizer(training.get_megatron_optimizer, get_args)

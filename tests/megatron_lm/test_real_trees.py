@@ -147,6 +147,10 @@ def test_power_and_mup_train_resume_and_override_on_the_real_tree(tree, tmp_path
                 expected_lr(row["iteration"], lr) * mup_lr_ratio(name), rel=1e-9
             ), (row["iteration"], name)
 
+    # Megatron's own log line shows the run's LR (not a muP-scaled group's), %.6E.
+    logged = [float(x) for x in re.findall(r"learning rate: ([\d.E+-]+)", full["log"])]
+    assert logged == [float(f"{expected_lr(i, lr):.6E}") for i in range(1, ITERS + 1)]
+
     # muP on the live model: multipliers measured by calling modules with and without
     # their hooks, init std measured on the weights, attention scale 1/d_head.
     model = full["model"]
