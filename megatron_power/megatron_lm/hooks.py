@@ -55,6 +55,7 @@ from ..megatron.scheduler import PowerOptimizerParamScheduler
 from ..mup.rules import ModelShape
 from ..schedules.decay import MEGATRON_WSD_SHAPES
 from ..schedules.settings import PLUGIN_STYLES, ScheduleSettings
+from . import batch_schedule
 
 _MARK = "_megatron_power_hook"
 
@@ -82,6 +83,7 @@ def add_megatron_lm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     for _item, meta in knobs(ScheduleSettings):
         if meta.megatron_lm_owns and meta.choices is not None:
             _extend_choices(parser, meta.dest, list(meta.choices))
+    batch_schedule.add_flag_where_missing(parser)
     return add_mup_args(add_power_args(parser))
 
 
@@ -108,8 +110,9 @@ def check_before_megatron(args: argparse.Namespace) -> None:
             args, "encoder_seq_length", None
         ):
             raise ValueError("--seq-length: required (the tokens in every sample)")
+        batch_schedule.prepare(args, sys.argv)
         rampup = getattr(args, "rampup_batch_size", None)
-        if rampup and hasattr(args, "step_batch_size_schedule"):
+        if rampup and not getattr(args, batch_schedule.BY_PLUGIN, False):
             # 0.18+ deprecated the ramp: its calculator ignores it (a warning, no ramp).
             schedule = rampup_as_step_schedule(
                 [int(x) for x in rampup], args.global_batch_size, args.seq_length
@@ -431,6 +434,7 @@ def install() -> None:
     MegatronOptimizer._filter_and_reorder_param_groups = with_group_matching_by_role(
         MegatronOptimizer._filter_and_reorder_param_groups
     )
+    batch_schedule.install(_replace_everywhere, get_args)
     import megatron.training.checkpointing as checkpointing
 
     _replace_everywhere(

@@ -252,16 +252,26 @@ def power_lr_varying_batch(rows: list[dict], lr_max: float, warmup_samples: int)
     return expected
 
 
-def test_power_follows_the_batch_size_schedule_at_every_step(tree, tmp_path):
-    """A batch-size ramp (0.14-0.17: --rampup-batch-size; 0.18+: its replacement,
-    --step-batch-size-schedule in tokens): Megatron's batch at every step, Power's LR with
-    that step's beta."""
+@pytest.mark.parametrize("form", ["step", "ramp"])
+def test_power_follows_the_batch_size_schedule_at_every_step(tree, tmp_path, form):
+    """A step batch schedule in tokens (Megatron-LM 0.18+'s own; followed by the plugin on
+    0.14-0.17) and a --rampup-batch-size ramp (0.14-0.17; 0.18+ ignores it): Megatron's
+    batch at every step, and Power's LR with that step's beta."""
+    if form == "ramp" and megatron_lm_version(tree) >= (0, 18):
+        # Megatron deprecated the ramp and ignores it: refused, with the same ramp as a step
+        # schedule (thresholds in tokens) to give instead.
+        ramp = run_failing(tree, tmp_path, *power(0.01), "--global-batch-size", "8",
+                           "--rampup-batch-size", "2", "2", "24")  # fmt: skip
+        line = ramp.stderr.strip().splitlines()[-1]
+        assert line.startswith("megatron-power: error: --rampup-batch-size: this Megatron-LM")
+        assert f'--step-batch-size-schedule "0:2 {8 * SEQ}:4 {16 * SEQ}:6 {24 * SEQ}:8"' in line
+        return
     lr, warmup = 0.05, 8
     schedule = ["--lr", str(lr), "--min-lr", "0.0", "--lr-decay-style", "power",
                 "--lr-power-a", str(A), "--lr-power-b", str(B),
                 "--lr-warmup-samples", str(warmup), "--train-samples", "64"]  # fmt: skip
     model = without(MODEL, "--train-iters", "--global-batch-size")
-    if megatron_lm_version(tree) >= (0, 18):
+    if form == "step":
         batches = ["--step-batch-size-schedule", f"0:2 {8 * SEQ}:4 {16 * SEQ}:8"]
         want = lambda consumed: 2 if consumed < 8 else 4 if consumed < 16 else 8  # noqa: E731
     else:
@@ -274,6 +284,8 @@ def test_power_follows_the_batch_size_schedule_at_every_step(tree, tmp_path):
         consumed += row["global_batch_size"]
         seen.append(row["global_batch_size"])
     assert len(set(seen)) >= 3 and consumed > 24  # the batch changed, the ramp ended
+    if form == "step":
+        assert consumed == 64  # iterations enough for --train-samples (0.18's own rule)
     expected = power_lr_varying_batch(data["rows"], lr, warmup)
     for row, want_lr in zip(data["rows"], expected, strict=True):
         for name, applied in lrs_by_param(row).items():
@@ -286,12 +298,15 @@ def test_flags_megatron_would_assert_on_or_ignore_are_refused_in_one_line(tree, 
     assert result.stderr.strip().splitlines()[-1] == (
         "megatron-power: error: --seq-length: required (the tokens in every sample)"
     )
-    if megatron_lm_version(tree) >= (0, 18):  # Megatron deprecated the ramp and ignores it
-        ramp = run_failing(tree, tmp_path, *power(0.01), "--global-batch-size", "8",
-                           "--rampup-batch-size", "2", "2", "24")  # fmt: skip
-        line = ramp.stderr.strip().splitlines()[-1]
-        assert line.startswith("megatron-power: error: --rampup-batch-size: this Megatron-LM")
-        assert f'--step-batch-size-schedule "0:2 {8 * SEQ}:4 {16 * SEQ}:6 {24 * SEQ}:8"' in line
+    no_gbs = without(MODEL, "--global-batch-size", "--train-iters")
+    for schedule, message in [
+        ("0:2 x:4", "--step-batch-size-schedule: 'x:4' is not THRESHOLD:BATCH_SIZE (K/M/B/T)"),
+        ("64:2 128:4", "--step-batch-size-schedule: the first threshold must be 0, got '64:2'"),
+        ("0:2 1K:0", "--step-batch-size-schedule: '1K:0': batch sizes must be >= 1"),
+    ]:
+        bad = run_failing(tree, tmp_path, *power(0.01), "--train-samples", "64",
+                          "--step-batch-size-schedule", schedule, model=no_gbs)  # fmt: skip
+        assert bad.stderr.strip().splitlines()[-1] == f"megatron-power: error: {message}"
 
 
 EXPERT_OR_ROUTER = re.compile(r"mlp\.(router\.weight|experts\..*linear_fc[12]\.weight)$")
