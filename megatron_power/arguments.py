@@ -18,10 +18,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .knobs import Knob, Unit, default_of, dest_of, flag_naming, knob_of, knobs
 from .mup.rules import MupConfig
+from .schedules.batch import FLAG as STEP_FLAG
+from .schedules.batch import (
+    parse_step_batch_schedule,
+    rampup_batch_size_at,
+    step_batch_size_at,
+)
 from .schedules.settings import ScheduleSettings
 
 #: A ScheduleSettings message ``field: ...`` -> ``--flag (field): ...``.
@@ -89,6 +96,13 @@ def add_megatron_scheduler_args(parser: argparse.ArgumentParser) -> argparse.Arg
         default=None,
         metavar=("START", "INCREMENT", "RAMPUP_SAMPLES"),
         help="Batch-size ramp, as in Megatron-LM.",
+    )
+    group.add_argument(
+        STEP_FLAG,
+        default=None,
+        metavar='"THRESHOLD:BATCH ..."',
+        help='Batch size by tokens seen, e.g. "0:768 250B:1536" (Megatron-LM 0.18+; suffixes '
+        "K/M/B/T; thresholds in samples without --seq-length). Needs --train-samples.",
     )
     group.add_argument("--override-opt_param-scheduler", action="store_true")
     group.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true")
@@ -240,15 +254,32 @@ def check_rampup(rampup: list[int] | None, global_batch_size: int) -> None:
 
 def batch_size_at(samples: int, global_batch_size: int, rampup: list[int] | None) -> int:
     """Global batch size in force after ``samples``, following Megatron's ramp-up rule."""
-    if not rampup:
-        return global_batch_size
-    start, increment, ramp_samples = rampup
-    steps = (global_batch_size - start) // increment
-    if steps <= 0:
-        return global_batch_size
-    samples_per_increment = ramp_samples / steps
-    current = start + int(samples // samples_per_increment) * increment
-    return min(current, global_batch_size)
+    return rampup_batch_size_at(samples, global_batch_size, rampup)
+
+
+def batch_schedule_from_args(args: argparse.Namespace) -> Callable[[int], int]:
+    """The global batch in force after each number of samples: ``--step-batch-size-schedule``
+    (Megatron-LM 0.18's), ``--rampup-batch-size`` or the constant ``--global-batch-size``.
+    With a step schedule ``args.global_batch_size`` becomes its last batch, as in Megatron."""
+    text = getattr(args, "step_batch_size_schedule", None)
+    if text is None:
+        if args.global_batch_size is None:
+            raise ValueError("--global-batch-size: required to step the scheduler")
+        check_rampup(args.rampup_batch_size, args.global_batch_size)
+        return lambda samples: batch_size_at(
+            samples, args.global_batch_size, args.rampup_batch_size
+        )
+    if args.global_batch_size is not None:
+        raise ValueError(
+            f"{STEP_FLAG}: give it or --global-batch-size, not both (Megatron-LM's rule)"
+        )
+    if args.rampup_batch_size:
+        raise ValueError(f"{STEP_FLAG}: give it or --rampup-batch-size, not both")
+    if args.train_samples is None:
+        raise ValueError(f"{STEP_FLAG}: needs --train-samples (an iteration has no fixed size)")
+    schedule = parse_step_batch_schedule(text, getattr(args, "seq_length", None))
+    args.global_batch_size = schedule[-1][1]
+    return lambda samples: step_batch_size_at(samples, schedule)
 
 
 def rampup_as_step_schedule(rampup: list[int], global_batch_size: int, seq_length: int) -> str:

@@ -1,8 +1,9 @@
 """``megatron-power schedule``: preview an LR schedule with the code training uses.
 
 It drives :class:`PowerOptimizerParamScheduler` exactly as Megatron-LM does (one
-``step(global_batch_size)`` per iteration, following ``--rampup-batch-size``), and
-prints a chart and a table, or CSV, and optionally writes a PNG.
+``step(global_batch_size)`` per iteration, following ``--step-batch-size-schedule`` or
+``--rampup-batch-size``), and prints a chart and a table (with the batch in force), or
+CSV, and optionally writes a PNG of the LR and batch curves.
 
 With no flags it shows the paper's PowerLM-3B schedule: Power (a=4, b=-0.51,
 lr cap 0.02), batch 1024 x 4096 tokens, 1.25T tokens, an e-based exponential decay over
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +24,7 @@ import torch
 from ..arguments import (
     add_megatron_scheduler_args,
     add_power_args,
-    batch_size_at,
-    check_rampup,
+    batch_schedule_from_args,
     run_samples,
     settings_from_args,
 )
@@ -52,6 +53,7 @@ class SchedulePoint:
     samples: int
     tokens: int
     lr: float
+    batch: int  # the global batch of the step that led here (the first one's at 0)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -77,36 +79,34 @@ MAX_PREVIEW_ITERATIONS = 20_000_000
 
 def simulate(
     settings: ScheduleSettings,
-    global_batch_size: int,
-    rampup: list[int] | None = None,
+    batch_at: Callable[[int], int],
     total: int | None = None,
 ) -> list[SchedulePoint]:
     """LR after every iteration up to ``total`` samples (the run's; default the decay
-    horizon), as the scheduler sets it during training."""
+    horizon), as the scheduler sets it during training; iteration i takes
+    ``batch_at(samples consumed)`` samples."""
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=settings.max_lr)
     total = settings.lr_decay_steps if total is None else total
     if total is None:
         raise ValueError("--train-iters or --train-samples: needed to know where to stop")
-    check_rampup(rampup, global_batch_size)
-    ramp_iterations = rampup[2] / rampup[0] if rampup else 0  # at most, at the START batch
-    if ramp_iterations + total / global_batch_size > MAX_PREVIEW_ITERATIONS:
+    first = batch_at(0)
+    if total / first > MAX_PREVIEW_ITERATIONS:  # the first batch is the smallest of a ramp
         raise ValueError(
             f"--train-iters/--train-samples: {total} samples is more than "
             f"{MAX_PREVIEW_ITERATIONS} iterations of the batch size to preview"
         )
     scheduler = PowerOptimizerParamScheduler.from_settings(optimizer, settings)
     seq_length = settings.seq_length or 0
-    points = [SchedulePoint(0, 0, 0, optimizer.param_groups[0]["lr"])]
+    points = [SchedulePoint(0, 0, 0, optimizer.param_groups[0]["lr"], first)]
     iteration = 0
     while scheduler.num_steps < total:
-        increment = batch_size_at(scheduler.num_steps, global_batch_size, rampup)
+        increment = batch_at(scheduler.num_steps)
         scheduler.step(increment)
         iteration += 1
         samples = scheduler.num_steps
-        points.append(
-            SchedulePoint(iteration, samples, samples * seq_length, optimizer.param_groups[0]["lr"])
-        )
+        lr = optimizer.param_groups[0]["lr"]
+        points.append(SchedulePoint(iteration, samples, samples * seq_length, lr, increment))
     return points
 
 
@@ -119,9 +119,9 @@ def thin(points: list[SchedulePoint], every: int) -> list[SchedulePoint]:
 
 def write_csv(points: list[SchedulePoint], stream) -> None:
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(["iteration", "samples", "tokens", "lr"])
+    writer.writerow(["iteration", "samples", "tokens", "lr", "global_batch_size"])
     for point in points:
-        writer.writerow([point.iteration, point.samples, point.tokens, repr(point.lr)])
+        writer.writerow([point.iteration, point.samples, point.tokens, repr(point.lr), point.batch])
 
 
 def ascii_chart(points: list[SchedulePoint], width: int = 72, height: int = 16) -> str:
@@ -148,10 +148,11 @@ def ascii_chart(points: list[SchedulePoint], width: int = 72, height: int = 16) 
 
 def table(points: list[SchedulePoint], rows: int = 12) -> str:
     step = max(1, len(points) // rows)
-    lines = [f"{'iteration':>10} {'samples':>12} {'tokens':>16} {'lr':>12}"]
+    lines = [f"{'iteration':>10} {'samples':>12} {'tokens':>16} {'lr':>12} {'batch':>8}"]
     for point in thin(points, step):
         lines.append(
-            f"{point.iteration:>10} {point.samples:>12} {point.tokens:>16} {point.lr:>12.4e}"
+            f"{point.iteration:>10} {point.samples:>12} {point.tokens:>16} {point.lr:>12.4e} "
+            f"{point.batch:>8}"
         )
     return "\n".join(lines)
 
@@ -166,9 +167,14 @@ def write_png(points: list[SchedulePoint], path: Path, title: str) -> None:
         raise ValueError("--png: needs matplotlib (pip install 'megatron-power[plots]')") from error
     figure, axis = plt.subplots(figsize=(7, 4))
     use_tokens = bool(points[-1].tokens)
-    axis.plot([p.tokens if use_tokens else p.samples for p in points], [p.lr for p in points])
+    x = [p.tokens if use_tokens else p.samples for p in points]
+    axis.plot(x, [p.lr for p in points], color="tab:blue")
     axis.set_xlabel("tokens" if use_tokens else "samples")
-    axis.set_ylabel("learning rate")
+    axis.set_ylabel("learning rate", color="tab:blue")
+    if len({p.batch for p in points}) > 1:  # a batch schedule: its curve on a second axis
+        batch_axis = axis.twinx()
+        batch_axis.step(x, [p.batch for p in points], where="pre", color="tab:orange")
+        batch_axis.set_ylabel("global batch size (sequences)", color="tab:orange")
     axis.set_title(title)
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -178,12 +184,11 @@ def write_png(points: list[SchedulePoint], path: Path, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    batch_at = batch_schedule_from_args(args)
     settings = settings_from_args(args)
-    if args.global_batch_size is None:
-        raise ValueError("--global-batch-size: required to step the scheduler")
     if args.every is not None and args.every < 1:
         raise ValueError(f"--every: must be >= 1, got {args.every}")
-    points = simulate(settings, args.global_batch_size, args.rampup_batch_size, run_samples(args))
+    points = simulate(settings, batch_at, run_samples(args))
     if args.png is not None:
         write_png(points, args.png, f"lr-decay-style {settings.lr_decay_style}")
     stream = args.output.open("w") if args.output else sys.stdout

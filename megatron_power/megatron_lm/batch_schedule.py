@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from ..arguments import batch_schedule_from_args
 from ..schedules.batch import FLAG, iterations_for, parse_step_batch_schedule, step_batch_size_at
 
 #: set on the parsed arguments when the plugin, not the tree, defines the flag
@@ -35,23 +36,16 @@ def followed_by_plugin(args: argparse.Namespace) -> bool:
     return bool(getattr(args, BY_PLUGIN, False)) and args.step_batch_size_schedule is not None
 
 
-def prepare(args: argparse.Namespace, argv: list[str]) -> None:
+def prepare(args: argparse.Namespace) -> None:
     """Before Megatron's checks: the schedule read as 0.18 reads it (one line where Megatron
-    asserts); on older trees also refuse what 0.18 refuses, and give Megatron the schedule's
-    final batch as its global batch size (it then builds a constant calculator)."""
+    asserts); on older trees also what 0.18 refuses, and Megatron gets the schedule's final
+    batch as its global batch size (it then builds a constant calculator, replaced later)."""
     if getattr(args, "step_batch_size_schedule", None) is None:
         return
-    schedule = parse_step_batch_schedule(args.step_batch_size_schedule, args.seq_length)
-    if not followed_by_plugin(args):
-        return  # the tree's own (0.18+): checked above in one line, where Megatron asserts
-    gbs = "--global-batch-size"
-    if any(item == gbs or item.startswith(f"{gbs}=") for item in argv):
-        raise ValueError(f"{FLAG}: give it or --global-batch-size, not both (Megatron-LM's rule)")
-    if args.rampup_batch_size:
-        raise ValueError(f"{FLAG}: give it or --rampup-batch-size, not both")
-    if args.train_samples is None:
-        raise ValueError(f"{FLAG}: needs --train-samples (an iteration has no fixed size)")
-    args.global_batch_size = schedule[-1][1]
+    if followed_by_plugin(args):
+        batch_schedule_from_args(args)
+    else:  # the tree's own (0.18+)
+        parse_step_batch_schedule(args.step_batch_size_schedule, args.seq_length)
 
 
 class StepScheduleCalculator:

@@ -110,7 +110,7 @@ def check_before_megatron(args: argparse.Namespace) -> None:
             args, "encoder_seq_length", None
         ):
             raise ValueError("--seq-length: required (the tokens in every sample)")
-        batch_schedule.prepare(args, sys.argv)
+        batch_schedule.prepare(args)
         rampup = getattr(args, "rampup_batch_size", None)
         if rampup and not getattr(args, batch_schedule.BY_PLUGIN, False):
             # 0.18+ deprecated the ramp: its calculator ignores it (a warning, no ramp).

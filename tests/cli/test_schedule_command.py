@@ -51,6 +51,32 @@ def test_csv_matches_the_scheduler_step_by_step(capsys):
     assert float(rows[-1]["lr"]) == 0.0002  # the tail ends at --min-lr
 
 
+def test_step_batch_schedule_gives_powers_beta_at_every_step(capsys):
+    """--step-batch-size-schedule (Megatron-LM 0.18's, thresholds in tokens): the batch
+    column follows it and the LR is REFERENCE.md's formula with each step's beta."""
+    seq, a, b, cap = 128, 4.0, -0.51, 0.02
+    code, out, _ = run_cli(
+        ["schedule", "--lr", str(cap), "--min-lr", "0", "--lr-decay-style", "power",
+         "--lr-power-a", str(a), "--lr-power-b", str(b), "--seq-length", str(seq),
+         "--train-samples", "3000", "--lr-warmup-samples", "64",
+         "--step-batch-size-schedule", "0:8 64K:32 192K:64", "--format", "csv"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))[1:]
+    samples = 0
+    for row in rows:
+        batch = 8 if samples < 64_000 // seq else 32 if samples < 192_000 // seq else 64
+        assert int(row["global_batch_size"]) == batch, samples
+        samples += batch
+        n, beta = samples * seq, batch * seq / 4096
+        law = min(cap, beta * a * n**b)
+        if samples < 64:
+            law = samples / 64 * min(cap, beta * a * (64 * seq) ** b)
+        assert float(row["lr"]) == pytest.approx(law, rel=1e-12), samples
+    assert samples >= 3000 and {int(r["global_batch_size"]) for r in rows} == {8, 32, 64}
+
+
 def test_csv_every_keeps_the_last_row(capsys):
     _, full, _ = run_cli(["schedule", *FLAGS, "--format", "csv"], capsys)
     _, thinned, _ = run_cli(["schedule", *FLAGS, "--format", "csv", "--every", "50"], capsys)
