@@ -29,7 +29,7 @@ from .schedules.batch import (
     rampup_batch_size_at,
     step_batch_size_at,
 )
-from .schedules.settings import ScheduleSettings
+from .schedules.settings import ScheduleSettings, unapplied_power_knob
 
 #: A ScheduleSettings message ``field: ...`` -> ``--flag (field): ...``.
 name_the_flag = flag_naming(ScheduleSettings)
@@ -209,6 +209,10 @@ def settings_from_args(args: argparse.Namespace) -> ScheduleSettings:
             values[item.name] = value
     if not getattr(args, "megatron_power_wsd_decay_style_given", True):
         values.pop("lr_wsd_decay_style", None)  # Megatron-LM's default, not the user's
+    unused = unapplied_power_knob(values)
+    if unused is not None:
+        flag = knob_of(ScheduleSettings, unused[0]).flag
+        raise ValueError(f"{flag}: only applies with --lr-decay-style power, not {unused[1]}")
     try:
         return ScheduleSettings(**values)
     except ValueError as error:

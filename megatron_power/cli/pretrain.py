@@ -32,7 +32,8 @@ from ..arguments import add_knob_argument
 from ..files import DirectoryLock
 from ..knobs import Unit, dest_of, knob_of, knobs
 from ..mup.rules import MupConfig
-from ..schedules.settings import ScheduleSettings
+from ..schedules.batch import parse_step_batch_schedule
+from ..schedules.settings import ScheduleSettings, unapplied_power_knob
 from ..training.config import (
     EMBEDDED_MUP,
     EMBEDDED_SCHEDULE,
@@ -148,6 +149,13 @@ def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     schedule = parser.add_argument_group("schedule (ScheduleSettings knobs, in tokens)")
     schedule.add_argument("--train-tokens", type=int, default=DEFAULTS.train_tokens)
     schedule.add_argument("--global-batch-size", type=int, default=DEFAULTS.global_batch_size)
+    schedule.add_argument(
+        "--step-batch-size-schedule",
+        default=None,
+        metavar='"TOKENS:BATCH ..."',
+        help='Global batch by tokens seen, e.g. "0:8 1M:16 4M:32" (Megatron-LM 0.18+; '
+        "K/M/B/T); not with --global-batch-size: the last batch is the run's",
+    )
     for item, meta in knobs(ScheduleSettings):
         if meta.pretrain_flag:
             unit = "tokens" if meta.unit is Unit.SAMPLES else None
@@ -174,13 +182,22 @@ def schedule_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if share is not None:
             values[fraction_key(item.name)] = share
     if "max_lr" in values:
-        return values
+        return _refuse_unapplied(values, values)
     embedded = {  # the embedded default, less what the flags set (in either unit)
         name: value
         for name, value in EMBEDDED_SCHEDULE.items()
         if name.removesuffix(FRACTION) not in {key.removesuffix(FRACTION) for key in values}
     }
-    return {**embedded, **values}
+    return _refuse_unapplied({**embedded, **values}, values)
+
+
+def _refuse_unapplied(schedule: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``schedule``, unless a power-only flag in ``given`` would do nothing in it."""
+    unused = unapplied_power_knob(given, schedule.get("lr_decay_style"))
+    if unused is not None:
+        flag = knob_of(ScheduleSettings, unused[0]).pretrain_flag
+        raise ValueError(f"{flag}: only applies with --lr-decay-style power, not {unused[1]}")
+    return schedule
 
 
 def mup_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -220,6 +237,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
         raise ValueError("--branch-decay-tokens: needs --init-from CHECKPOINT")
     if args.model != "moe" and "num_experts" in given:
         raise ValueError("--num-experts: only applies with --model moe")
+    if args.step_batch_size_schedule is not None:
+        if "global_batch_size" in given:
+            raise ValueError(
+                "--step-batch-size-schedule: give it or --global-batch-size, not both "
+                "(Megatron's rule: the schedule's last batch is the run's)"
+            )
+        schedule = parse_step_batch_schedule(args.step_batch_size_schedule, args.seq_length)
+        args.global_batch_size = schedule[-1][1]
     config = PretrainConfig(
         run_dir=args.run_dir or DEFAULTS.run_dir,
         **data_and_schedule_fields(args),
@@ -344,6 +369,7 @@ def data_and_schedule_fields(args: argparse.Namespace) -> dict:
         schedule=schedule_from_args(args),
         train_tokens=args.train_tokens,
         global_batch_size=args.global_batch_size,
+        step_batch_size_schedule=args.step_batch_size_schedule,
     )
 
 
@@ -355,6 +381,11 @@ def branch_config(args: argparse.Namespace, init_from: Path) -> PretrainConfig:
     if args.branch_decay_tokens is None or args.run_dir is None:
         raise ValueError("--init-from: give --run-dir for the branch and --branch-decay-tokens")
     config = PretrainConfig.load(trunk.config)
+    if config.step_batch_size_schedule is not None:
+        raise ValueError(
+            "--init-from: the trunk follows --step-batch-size-schedule; branch decays of such "
+            "runs are not supported yet (resume the trunk with a decay instead)"
+        )
     step = config.tokens_per_step
     if args.branch_decay_tokens % step:
         low = args.branch_decay_tokens // step * step

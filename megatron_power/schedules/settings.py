@@ -35,6 +35,25 @@ ALL_STYLES = MEGATRON_STYLES + PLUGIN_STYLES
 STABLE_PHASE_STYLES = ("constant", "WSD", "power")
 
 
+#: Knobs only the power style reads: given with another style, they would do nothing.
+POWER_ONLY = (
+    "lr_power_a", "lr_power_b", "lr_power_reference_seq_length", "lr_power_batch_exponent",
+)  # fmt: skip
+
+
+def unapplied_power_knob(given: dict, style: str | None = None) -> tuple[str, str] | None:
+    """``(knob, style)`` for the first power-only knob in ``given`` (the knobs a user set)
+    when the run's style (``style``, else ``given``'s, else the default) is not power: a
+    flag that would be silently ignored."""
+    if style is None:
+        default = ScheduleSettings.__dataclass_fields__["lr_decay_style"].default
+        style = given.get("lr_decay_style") or default
+    if style == "power":
+        return None
+    name = next((name for name in POWER_ONLY if given.get(name) is not None), None)
+    return None if name is None else (name, style)
+
+
 def default_decay_shape(lr_decay_style: str) -> DecayShape:
     """The decay shape a run gets without ``--lr-wsd-decay-style``, at every entry point.
 

@@ -15,6 +15,7 @@ from typing import Any
 from ..files import atomic_write_text
 from ..knobs import Range, Unit, flag_naming, knobs
 from ..mup.rules import ModelShape, MupConfig
+from ..schedules.batch import parse_step_batch_schedule, step_batch_size_at
 from ..schedules.settings import ScheduleSettings
 
 #: The embedded default's schedule, in pretrain's units (tokens), applied when ``pretrain``
@@ -116,6 +117,9 @@ class PretrainConfig:
     # training
     train_tokens: int = setting(2_000_000, "--train-tokens", _POSITIVE_COUNT)
     global_batch_size: int = setting(16, "--global-batch-size", _POSITIVE_COUNT)  # sequences
+    #: Megatron-LM 0.18's "THRESHOLD:BATCH ..." (thresholds in tokens); global_batch_size is
+    #: then its last batch
+    step_batch_size_schedule: str | None = setting(None, "--step-batch-size-schedule")
     weight_decay: float = setting(0.1, None, Range(low=0))
     adam_beta2: float = setting(0.95, None, Range(low=0, high=1, high_open=True))
     clip_grad: float = setting(1.0, None, Range(low=0, low_open=True))
@@ -144,7 +148,7 @@ class PretrainConfig:
                 flag = known[stem].pretrain_fraction_flag if stem in known else None
                 raise ValueError(f"{flag or name}: must be a fraction in [0, 1], got {fraction!r}")
             steps = round(fraction * self.train_iters) if self.tokens_per_step > 0 else 0
-            self.schedule[name.removesuffix(FRACTION)] = steps * self.tokens_per_step
+            self.schedule[name.removesuffix(FRACTION)] = self.tokens_after(steps)
 
     @property
     def tokens_per_step(self) -> int:
@@ -152,7 +156,35 @@ class PretrainConfig:
 
     @property
     def train_iters(self) -> int:
-        return max(1, self.train_tokens // self.tokens_per_step)
+        """Whole steps within --train-tokens (at least one)."""
+        if self.step_batch_size_schedule is None:
+            return max(1, self.train_tokens // self.tokens_per_step)
+        samples, iterations = self.train_tokens // self.seq_length, 0
+        consumed = 0
+        while iterations == 0 or consumed + self.batch_at(consumed) <= samples:
+            consumed += self.batch_at(consumed)
+            iterations += 1
+        return iterations
+
+    def batch_at(self, samples: int) -> int:
+        """The global batch of the step that starts after ``samples`` sequences."""
+        if self.step_batch_size_schedule is None:
+            return self.global_batch_size
+        schedule = parse_step_batch_schedule(self.step_batch_size_schedule, self.seq_length)
+        return step_batch_size_at(samples, schedule)
+
+    def batches(self, iterations: int) -> list[int]:
+        """The global batch of each of the first ``iterations`` steps."""
+        sizes, consumed = [], 0
+        for _ in range(iterations):
+            sizes.append(self.batch_at(consumed))
+            consumed += sizes[-1]
+        return sizes
+
+    def tokens_after(self, iterations: int) -> int:
+        if self.step_batch_size_schedule is None:
+            return iterations * self.tokens_per_step
+        return sum(self.batches(iterations)) * self.seq_length
 
     def schedule_settings(self) -> ScheduleSettings:
         """The run's schedule in Megatron's units (samples), from the config's tokens."""
@@ -171,7 +203,7 @@ class PretrainConfig:
         if unknown:
             raise ValueError(f"schedule.{sorted(unknown)[0]}: not a schedule setting")
         values["seq_length"] = self.seq_length
-        values["lr_decay_steps"] = self.train_iters * self.global_batch_size
+        values["lr_decay_steps"] = self.tokens_after(self.train_iters) // self.seq_length
         return ScheduleSettings(**values)
 
     def mup_config(self) -> MupConfig | None:
@@ -206,18 +238,25 @@ class PretrainConfig:
             raise ValueError("--ep: expert parallelism needs --model moe")
         if self.model == "moe" and self.num_experts % self.expert_model_parallel_size:
             raise ValueError("--num-experts: not divisible by --ep")
-        if self.train_tokens < self.tokens_per_step:
+        if self.step_batch_size_schedule is not None:
+            schedule = parse_step_batch_schedule(self.step_batch_size_schedule, self.seq_length)
+            if schedule[-1][1] != self.global_batch_size:
+                raise ValueError(
+                    f"--step-batch-size-schedule: its last batch {schedule[-1][1]} is not "
+                    f"global_batch_size {self.global_batch_size}"
+                )
+        if self.train_tokens < self.batch_at(0) * self.seq_length:
             raise ValueError("--train-tokens: shorter than one step (global batch x seq length)")
         if inputs_needed and self.data != "markov" and not Path(self.data).is_file():
             raise ValueError(f"--data: no such file: {self.data}")
         if inputs_needed and self.tokenizer_model and not self.path(self.tokenizer_model).is_file():
             raise ValueError(f"--tokenizer-model: no such file: {self.tokenizer_model}")
         cycles = self.schedule.get("lr_wsd_cycle_steps") or []
-        end = self.train_iters * self.tokens_per_step  # whole steps
+        end = self.tokens_after(self.train_iters)  # whole steps
         if cycles and max(cycles) > end:
             raise ValueError(
                 f"--wsd-cycle-tokens: {max(cycles)} is past the end of the run ({self.train_iters}"
-                f" steps of {self.tokens_per_step} tokens = {end}); it would never be reached"
+                f" steps, {end} tokens); it would never be reached"
             )
         try:
             self.schedule_settings()

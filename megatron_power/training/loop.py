@@ -55,12 +55,12 @@ def train(
     check_enough_tokens(data_prefix(config), config.seq_length)
     dp_size = parallel_state.get_data_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank()
-    if config.global_batch_size % dp_size:
-        raise ValueError(
-            f"global_batch_size: {config.global_batch_size} is not divisible by the data-"
-            f"parallel size {dp_size}"
-        )
-    local_batch = config.global_batch_size // dp_size
+    batches = config.batches(config.train_iters)
+    for batch in sorted(set(batches)):
+        if batch % dp_size:
+            raise ValueError(
+                f"global_batch_size: {batch} is not divisible by the data-parallel size {dp_size}"
+            )
     # One epoch of each split, whatever the run's length: sample i is the same sequence
     # for a run, its resumption and its branches (the loop wraps around past an epoch).
     train_set, valid_set = build_gpt_datasets(
@@ -77,8 +77,12 @@ def train(
     progress = Progress(run, config, start, meta) if dist.get_rank() == 0 else None
     checkpoint_every = max(1, config.checkpoint_interval_tokens // config.tokens_per_step)
     model.train()
+    consumed = sum(batches[:start])  # samples before this invocation's first step
     for iteration in range(start + 1, config.train_iters + 1):
-        first = (iteration - 1) * config.global_batch_size + dp_rank * local_batch
+        batch = batches[iteration - 1]
+        local_batch = batch // dp_size
+        first = consumed + dp_rank * local_batch
+        consumed += batch
         loss = forward_loss(model, get_batch(train_set, first, local_batch, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -86,12 +90,13 @@ def train(
         grad_norm = clip_gradients(model, config.clip_grad)
         optimizer.step()
         lr = optimizer.param_groups[0]["lr"]  # the LR this step used
-        scheduler.step(config.global_batch_size)
+        scheduler.step(batch)
         reduced = loss.detach().clone()
         dist.all_reduce(reduced, group=parallel_state.get_data_parallel_group())
         stop_if_diverged(reduced / dp_size, iteration, run)
         if progress is not None:
-            progress.record(iteration, (reduced / dp_size).item(), lr, grad_norm)
+            progress.record(iteration, consumed * config.seq_length, (reduced / dp_size).item(),
+                            lr, grad_norm, batch)  # fmt: skip
         stop = config.exit_interval is not None and iteration == start + config.exit_interval
         if iteration % checkpoint_every == 0 or iteration == config.train_iters or stop:
             save_checkpoint(run, iteration, model, optimizer, scheduler, config.to_json())
@@ -105,7 +110,7 @@ def train(
     summary = {
         "final_lr": optimizer.param_groups[0]["lr"],
         "iterations": config.train_iters,
-        "tokens": config.train_iters * config.tokens_per_step,
+        "tokens": config.tokens_after(config.train_iters),
         "valid_loss": valid_loss,
         "entropy_rate": meta.get("entropy_rate"),
         "unigram_entropy": meta.get("unigram_entropy"),

@@ -35,17 +35,20 @@ class Progress:
             )
         self.tick = time.perf_counter()
 
-    def record(self, iteration: int, loss: float, lr: float, grad_norm: float) -> None:
+    def record(self, iteration: int, tokens: int, loss: float, lr: float, grad_norm: float,
+               batch: int) -> None:  # fmt: skip
+        """One step: ``tokens`` seen after it, the LR it used, its global ``batch``."""
         now = time.perf_counter()
-        tokens = iteration * self.config.tokens_per_step
         row = {"iteration": iteration, "tokens": tokens, "loss": loss, "lr": lr,
                "grad_norm": grad_norm}  # fmt: skip
+        if self.config.step_batch_size_schedule is not None:
+            row["global_batch_size"] = batch
         with self.run.metrics.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         self.bar.update(1)
         self.bar.set_postfix(
             tokens=f"{tokens:.3g}", loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-            tok_s=f"{self.config.tokens_per_step / max(now - self.tick, 1e-9):.0f}",
+            tok_s=f"{batch * self.config.seq_length / max(now - self.tick, 1e-9):.0f}",
         )  # fmt: skip
         self.tick = now
 

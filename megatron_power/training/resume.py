@@ -81,14 +81,14 @@ def lr_curve(config: PretrainConfig, iterations: int) -> list[float]:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
     scheduler = PowerOptimizerParamScheduler.from_settings(optimizer, config.schedule_settings())
     curve = []
-    for _ in range(iterations):
+    for batch in config.batches(iterations):
         curve.append(optimizer.param_groups[0]["lr"])
-        scheduler.step(config.global_batch_size)
+        scheduler.step(batch)
     return curve
 
 
 def same_lr_curve(trained: PretrainConfig, asked: PretrainConfig) -> bool:
     """Whether ``asked`` (e.g. a longer run) keeps every LR of the run as trained."""
-    if trained.global_batch_size != asked.global_batch_size:
+    if trained.batches(trained.train_iters) != asked.batches(trained.train_iters):
         return False
     return lr_curve(trained, trained.train_iters) == lr_curve(asked, trained.train_iters)

@@ -66,6 +66,57 @@ def test_resumed_run_equals_the_uninterrupted_one(trunk, tmp_path):
     assert metrics(interrupted) == metrics(trunk)  # loss, LR and grad norm, bit for bit
 
 
+def test_step_batch_size_schedule_gives_powers_beta_and_resumes(tmp_path):
+    """--step-batch-size-schedule (Megatron-LM 0.18's, thresholds in tokens): each step's
+    batch follows it, the LR is REFERENCE.md's Power formula with that step's beta, and a
+    run stopped and resumed mid-schedule equals the uninterrupted one."""
+    seq, a, b, cap, warmup = 128, 4.0, -0.51, 0.02, 2048
+    flags = ["--train-tokens", "40960", "--seq-length", seq, "--lr-decay-style", "power",
+             "--lr", cap, "--lr-power-a", a,
+             "--lr-power-b", b, "--warmup-tokens", warmup, "--decay-tokens", 0,
+             "--step-batch-size-schedule", "0:4 4K:8 16K:16"]  # fmt: skip
+    full = tmp_path / "full"
+    pretrain("--run-dir", full, *flags)
+    rows = metrics(full)
+    samples, previous = 0, None
+    for row in rows:
+        batch = 4 if samples < 4000 // seq else 8 if samples < 16000 // seq else 16
+        assert row["global_batch_size"] == batch, samples
+        # The LR a step uses was set after the step before it (Megatron-LM's loop), with
+        # that step's batch as beta; the first step's is the warmup's start, 0.
+        want = 0.0
+        if previous is not None:
+            beta = previous * seq / 4096
+
+            def law(n, beta=beta):
+                return min(cap, beta * a * n**b)
+
+            n = samples * seq
+            want = n / warmup * law(warmup) if n < warmup else law(n)
+        assert row["lr"] == pytest.approx(want, rel=1e-12), samples
+        samples, previous = samples + batch, batch
+        assert row["tokens"] == samples * seq
+    assert {row["global_batch_size"] for row in rows} == {4, 8, 16}
+    assert samples * seq <= 40960 < (samples + 16) * seq  # whole steps within the budget
+
+    stopped = tmp_path / "stopped"
+    pretrain("--run-dir", stopped, *flags, "--exit-interval", "10")  # inside the 8 phase
+    pretrain("--resume", stopped)
+    assert metrics(stopped) == rows
+
+    both = pretrain("--run-dir", tmp_path / "both", *flags, "--global-batch-size", "16",
+                    check=False)  # fmt: skip
+    assert both.returncode == 2
+    assert (
+        both.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "--step-batch-size-schedule: give it or --global-batch-size, not both "
+            "(Megatron's rule: the schedule's last batch is the run's)"
+        )
+    )
+
+
 def test_branch_decay_turns_a_checkpoint_into_a_budget_model(trunk, tmp_path):
     stable = tmp_path / "stable"  # the trunk's tail is its last fifth: stop before it
     pretrain("--run-dir", stable, *SMALL, "--exit-interval", "10")
