@@ -256,11 +256,6 @@ def check_rampup(rampup: list[int] | None, global_batch_size: int) -> None:
         )
 
 
-def batch_size_at(samples: int, global_batch_size: int, rampup: list[int] | None) -> int:
-    """Global batch size in force after ``samples``, following Megatron's ramp-up rule."""
-    return rampup_batch_size_at(samples, global_batch_size, rampup)
-
-
 def batch_schedule_from_args(args: argparse.Namespace) -> Callable[[int], int]:
     """The global batch in force after each number of samples: ``--step-batch-size-schedule``
     (Megatron-LM 0.18's), ``--rampup-batch-size`` or the constant ``--global-batch-size``.
@@ -270,7 +265,7 @@ def batch_schedule_from_args(args: argparse.Namespace) -> Callable[[int], int]:
         if args.global_batch_size is None:
             raise ValueError("--global-batch-size: required to step the scheduler")
         check_rampup(args.rampup_batch_size, args.global_batch_size)
-        return lambda samples: batch_size_at(
+        return lambda samples: rampup_batch_size_at(
             samples, args.global_batch_size, args.rampup_batch_size
         )
     if args.global_batch_size is not None:
@@ -297,7 +292,7 @@ def rampup_as_step_schedule(rampup: list[int], global_batch_size: int, seq_lengt
     entries = []
     for k in range(steps + 1):
         samples = math.ceil(k * ramp_samples / steps)
-        while batch_size_at(samples, global_batch_size, rampup) < start + k * increment:
+        while rampup_batch_size_at(samples, global_batch_size, rampup) < start + k * increment:
             samples += 1  # float division in Megatron's rule: the first sample that reaches k
         entries.append(f"{samples * seq_length}:{start + k * increment}")
     return " ".join(entries)

@@ -7,9 +7,9 @@ import pytest
 from megatron_power.arguments import (
     add_megatron_scheduler_args,
     add_power_args,
-    batch_size_at,
     settings_from_args,
 )
+from megatron_power.schedules.batch import rampup_batch_size_at
 
 
 def parse(*flags):
@@ -60,8 +60,7 @@ def test_errors_name_the_flag(flags, message):
 
 def test_batch_ramp_follows_megatron():
     # Megatron: start 32, +32 per increment, 3 increments over 3000 samples -> every 1000.
-    sizes = [
-        batch_size_at(samples, 128, [32, 32, 3000]) for samples in (0, 999, 1000, 2500, 3000, 9999)
-    ]
+    points = (0, 999, 1000, 2500, 3000, 9999)
+    sizes = [rampup_batch_size_at(samples, 128, [32, 32, 3000]) for samples in points]
     assert sizes == [32, 32, 64, 96, 128, 128]
-    assert batch_size_at(123, 64, None) == 64
+    assert rampup_batch_size_at(123, 64, None) == 64
