@@ -228,6 +228,23 @@ def mup_config_overrides(
     return overrides
 
 
+def single_lr_mult(mup: MupConfig, rules: MupRules) -> float:
+    """The one LR multiplier megatron-core <= 0.15's optimizer API can apply; a muP config
+    it cannot express (per-group eps or wd_mult, two multipliers) is refused, naming the
+    field (checked before training, and again where the optimizer is built)."""
+    if mup.scale_adam_eps:
+        raise ValueError("scale_adam_eps: megatron-core <= 0.15 has no per-group eps")
+    if mup.weight_decay != "coupled":
+        raise ValueError("weight_decay: megatron-core <= 0.15 has no per-group wd_mult")
+    multipliers = {rules.lr_mult(role) for role in ParamRole} - {1.0}
+    if len(multipliers) > 1:
+        raise ValueError(
+            "base_moe_ffn_hidden_size: experts and hidden matrices need different LR "
+            f"multipliers {sorted(multipliers)}; megatron-core <= 0.15 takes one lr_mult"
+        )
+    return multipliers.pop() if multipliers else 1.0
+
+
 def mup_scale_lr_cond(
     config: TransformerConfig, mup: MupConfig
 ) -> tuple[Callable[[str, torch.nn.Parameter], bool], float]:
@@ -239,17 +256,7 @@ def mup_scale_lr_cond(
     """
     _refuse_upstream_mup(config)
     rules = mup_rules(config, mup)
-    if mup.scale_adam_eps:
-        raise ValueError("scale_adam_eps: megatron-core <= 0.15 has no per-group eps")
-    if mup.weight_decay != "coupled":
-        raise ValueError("weight_decay: megatron-core <= 0.15 has no per-group wd_mult")
-    multipliers = {rules.lr_mult(role) for role in ParamRole} - {1.0}
-    if len(multipliers) > 1:
-        raise ValueError(
-            "base_moe_ffn_hidden_size: experts and hidden matrices need different LR "
-            f"multipliers {sorted(multipliers)}; megatron-core <= 0.15 takes one lr_mult"
-        )
-    lr_mult = multipliers.pop() if multipliers else 1.0
+    lr_mult = single_lr_mult(mup, rules)
 
     def scale_lr_cond(name: str, param: torch.nn.Parameter) -> bool:
         return rules.lr_mult(classify_parameter(name, param)) != 1.0

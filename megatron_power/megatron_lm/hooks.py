@@ -50,6 +50,7 @@ from ..megatron.mup import (
     mup_config_overrides,
     mup_scale_lr_cond,
     mup_transformer_config,
+    single_lr_mult,
 )
 from ..megatron.scheduler import PowerOptimizerParamScheduler
 from ..mup.rules import ModelShape
@@ -58,6 +59,8 @@ from ..schedules.settings import PLUGIN_STYLES, ScheduleSettings
 from . import batch_schedule
 
 _MARK = "_megatron_power_hook"
+#: whether the tree's get_megatron_optimizer takes per-group overrides (0.16+); set by install
+_PER_GROUP_OVERRIDES = True
 
 
 def plugin_scheduler_fields() -> tuple[str, ...]:
@@ -141,7 +144,9 @@ def validate_plugin_args(args: argparse.Namespace) -> None:
         mup = mup_from_args(args)
         if mup is not None:
             try:
-                mup.resolve(_model_shape(args))
+                rules = mup.resolve(_model_shape(args))
+                if not _PER_GROUP_OVERRIDES:
+                    single_lr_mult(mup, rules)  # <= 0.15: one lr_mult for every group
             except ValueError as error:
                 raise ValueError(name_the_mup_flag(str(error))) from None
     except ValueError as error:
@@ -444,6 +449,10 @@ def install() -> None:
     training.setup_model_and_optimizer = with_mup_pre_wrap_hook(
         training.setup_model_and_optimizer, get_args
     )
-    if "config_overrides" not in inspect.signature(training.get_megatron_optimizer).parameters:
-        training.training_log = with_base_lr_logged(training.training_log)  # <= 0.15
+    global _PER_GROUP_OVERRIDES
+    _PER_GROUP_OVERRIDES = (
+        "config_overrides" in inspect.signature(training.get_megatron_optimizer).parameters
+    )
+    if not _PER_GROUP_OVERRIDES:  # <= 0.15
+        training.training_log = with_base_lr_logged(training.training_log)
     training.get_megatron_optimizer = with_mup_optimizer(training.get_megatron_optimizer, get_args)

@@ -156,7 +156,8 @@ def test_power_and_mup_train_resume_and_override_on_the_real_tree(tree, tmp_path
     model = full["model"]
     assert "megatron-power: muP applied to GPTModel" in full["log"]
     assert model["multipliers"] == pytest.approx(
-        {"embedding": 4.0, "output_layer": 1 / WIDTH_MULT, "mlp": 0.5}, rel=1e-5
+        {"embedding": 4.0, "output_layer": 1 / WIDTH_MULT, "mlp": 0.5, "self_attention": 0.5},
+        rel=1e-5,
     )
     assert model["softmax_scale"] == pytest.approx(1 / 16)
     for name, std in model["param_std"].items():
@@ -343,10 +344,22 @@ def test_tensor_parallel_gpt_gets_the_same_mup(tree, tmp_path):
     """TP=2 on two ranks: every shard's LR, the multipliers on the live (sharded) model and
     the init std are the muP rule's, from global sizes, not shard shapes."""
     lr = 0.004
-    data = run(tree, tmp_path / "tp.json", *power(lr), *MUP, "--tensor-model-parallel-size",
-               "2", ranks=2)  # fmt: skip
+    eps = ["--power-mup-scale-adam-eps"]
+    if megatron_lm_version(tree) < (0, 16):  # one lr_mult, no per-group eps: refused
+        refused = run_failing(tree, tmp_path, *power(lr), *MUP, *eps)
+        assert refused.stderr.strip().splitlines()[-1].startswith("megatron-power: error:")
+        assert "per-group eps" in refused.stderr.strip().splitlines()[-1]
+        eps = []
+    data = run(tree, tmp_path / "tp.json", *power(lr), *MUP, *eps,
+               "--tensor-model-parallel-size", "2", ranks=2)  # fmt: skip
+    for group in data["rows"][0]["groups"]:  # Adam eps / m for hidden matrices (0.16+)
+        hidden = {HIDDEN.search(name) is not None for name in group["params"]}
+        assert len(hidden) == 1, group["params"]
+        want = 1e-8 / WIDTH_MULT if eps and hidden == {True} else 1e-8
+        assert group["eps"] == pytest.approx(want, rel=1e-12), group["params"]
     assert data["model"]["multipliers"] == pytest.approx(
-        {"embedding": 4.0, "output_layer": 1 / WIDTH_MULT, "mlp": 0.5}, rel=1e-5
+        {"embedding": 4.0, "output_layer": 1 / WIDTH_MULT, "mlp": 0.5, "self_attention": 0.5},
+        rel=1e-5,
     )
     for name, std in data["model"]["param_std"].items():
         if HIDDEN.search(name):

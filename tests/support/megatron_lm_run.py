@@ -65,6 +65,11 @@ def _measured_multipliers(model) -> dict[str, float]:
         hooked = _first_output(layer.mlp(x))
         plain = _first_output(layer.mlp.forward(x))
     ratios["mlp"] = float((hooked.norm() / plain.norm()).item())
+    causal = torch.ones(1, 1, 4, 4, dtype=torch.bool).triu(1)  # True: masked out
+    with torch.no_grad():
+        hooked = _first_output(layer.self_attention(x, attention_mask=causal))
+        plain = _first_output(layer.self_attention.forward(x, attention_mask=causal))
+    ratios["self_attention"] = float((hooked.norm() / plain.norm()).item())
     model.train()
     return ratios
 
