@@ -254,9 +254,12 @@ class PretrainConfig:
         cycles = self.schedule.get("lr_wsd_cycle_steps") or []
         end = self.tokens_after(self.train_iters)  # whole steps
         if cycles and max(cycles) > end:
+            steps = f"{self.train_iters} steps"
+            if self.step_batch_size_schedule is None:
+                steps += f" of {self.tokens_per_step} tokens"
             raise ValueError(
-                f"--wsd-cycle-tokens: {max(cycles)} is past the end of the run ({self.train_iters}"
-                f" steps, {end} tokens); it would never be reached"
+                f"--wsd-cycle-tokens: {max(cycles)} is past the end of the run ({steps} = "
+                f"{end}); it would never be reached"
             )
         try:
             self.schedule_settings()
