@@ -15,6 +15,7 @@ schedule itself where a Megatron-LM release lacks it, and in its own tools.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -37,10 +38,11 @@ def _count(text: str, entry: str) -> int:
     return int(number)
 
 
+@functools.lru_cache(maxsize=32)
 def parse_step_batch_schedule(text: str, seq_length: int | None) -> tuple[tuple[int, int], ...]:
     """``((threshold_samples, batch_size), ...)`` from the flag's value, exactly as
     Megatron-LM 0.18+ reads it (tokens -> samples by floor division); refused in one line
-    where Megatron would assert."""
+    where Megatron would assert. Cached: callers ask once per step (the result is immutable)."""
     entries = text.strip().replace(",", " ").split()
     if not entries:
         raise ValueError(f'{FLAG}: give "THRESHOLD:BATCH_SIZE ...", e.g. "0:768 250B:1536"')
