@@ -39,11 +39,11 @@ def setup(config, plugin: bool, device: torch.device, vocab: int):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     from megatron_power.training.config import EMBEDDED_MUP
-    from megatron_power.training.model import build_model
+    from megatron_power.training.model import Vocabulary, build_model
     from megatron_power.training.optimizer import build_optimizer
 
     config = dataclasses.replace(config, mup=dict(EMBEDDED_MUP) if plugin else None)
-    model, mup = build_model(config, vocab, device)
+    model, mup = build_model(config, Vocabulary.unpadded(vocab), device)
     if plugin:
         return (model, *build_optimizer(config, model, mup))
     settings = config.schedule_settings()

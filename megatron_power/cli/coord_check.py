@@ -87,7 +87,7 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
     from ..megatron.mup import mup_config_overrides
     from ..training.config import PretrainConfig
     from ..training.distributed import set_rendezvous_address
-    from ..training.model import build_model
+    from ..training.model import Vocabulary, build_model
 
     if not dist.is_initialized():
         set_rendezvous_address()
@@ -105,7 +105,7 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
             head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=seq,
             mup=None if mup is None else mup.to_dict(), seed=seed, num_experts=4,
         )  # fmt: skip
-        model, _ = build_model(config, source.vocab_size, torch.device("cpu"))
+        model, _ = build_model(config, Vocabulary.unpadded(source.vocab_size), torch.device("cpu"))
         optimizer_config = OptimizerConfig(
             optimizer="adam", lr=args.lr, min_lr=0.0, weight_decay=0.0
         )

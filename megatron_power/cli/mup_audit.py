@@ -41,7 +41,7 @@ def audit_rows(config, lr: float) -> list[dict]:
     from ..megatron.cpu import install_cpu_support
     from ..megatron.mup import classify_parameter, mup_config_overrides, mup_rules
     from ..training.distributed import set_rendezvous_address
-    from ..training.model import build_model
+    from ..training.model import Vocabulary, build_model
 
     if not dist.is_initialized():
         set_rendezvous_address()
@@ -49,7 +49,7 @@ def audit_rows(config, lr: float) -> list[dict]:
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
     install_cpu_support()
-    model, mup = build_model(config, config.vocab_size, torch.device("cpu"))
+    model, mup = build_model(config, Vocabulary.unpadded(config.vocab_size), torch.device("cpu"))
     optimizer_config = OptimizerConfig(
         optimizer="adam", lr=lr, min_lr=0.0, weight_decay=config.weight_decay
     )

@@ -93,13 +93,19 @@ class PretrainConfig:
     head_dim: int = setting(32, "--head-dim", _POSITIVE_COUNT)
     ffn_hidden_size: int | None = setting(None, None, _POSITIVE_COUNT)  # default 2 x hidden
     num_query_groups: int | None = setting(None, None, _POSITIVE_COUNT)  # GQA; default heads
-    rotary_base: int = setting(10_000, None, Range(low=0, low_open=True))
+    rotary_base: float = setting(10_000, None, Range(low=0, low_open=True))
+    #: linear RoPE scaling (transformers' rope_type "linear"): positions / factor
+    seq_len_interpolation_factor: float | None = setting(None, None, Range(low=0, low_open=True))
     norm_epsilon: float = setting(1e-5, None, Range(low=0, low_open=True))
     share_embeddings: bool = False  # tie the readout to the input embedding
-    padded_vocab_size: int | None = setting(None, None, _POSITIVE_COUNT)  # model vocabulary
+    #: an imported model's vocabulary (its rows; default: the data's vocabulary)
+    model_vocab_size: int | None = setting(None, None, _POSITIVE_COUNT)
+    #: Megatron's padding: rows up to a multiple of this x --tp, masked out of every loss
+    make_vocab_size_divisible_by: int = setting(1, None, _POSITIVE_COUNT)
     num_experts: int = setting(8, "--num-experts", _POSITIVE_COUNT)
     moe_router_topk: int = setting(2, None, _POSITIVE_COUNT)
     moe_ffn_hidden_size: int | None = setting(None, None, _POSITIVE_COUNT)  # default hidden
+    moe_aux_loss_coeff: float = setting(0.0, None, Range(low=0))  # Megatron's load balancing
     seq_length: int = setting(128, "--seq-length", _POSITIVE_COUNT)
     init_method_std: float = setting(0.02, None, Range(low=0, low_open=True))
     # muP: MupConfig fields; None is standard parameterisation
@@ -234,6 +240,13 @@ class PretrainConfig:
                     f"--tp: {self.tensor_model_parallel_size} does not divide the {count} "
                     f"{what} (--hidden-size / --head-dim)"
                 )
+        if (self.model == "moe" and self.tensor_model_parallel_size > 1
+                and self.seq_length % self.tensor_model_parallel_size):  # fmt: skip
+            raise ValueError(
+                f"--seq-length: {self.seq_length} is not divisible by --tp "
+                f"{self.tensor_model_parallel_size} (MoE with tensor parallelism runs sequence "
+                "parallel, which splits the sequence)"
+            )
         if self.expert_model_parallel_size > 1 and self.model != "moe":
             raise ValueError("--ep: expert parallelism needs --model moe")
         if self.model == "moe" and self.num_experts % self.expert_model_parallel_size:
@@ -297,6 +310,8 @@ class PretrainConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: not a readable config.json (not an object)")
         data["run_dir"] = str(Path(path).parent)
+        if "padded_vocab_size" in data:  # its name before 0.2: the imported vocabulary
+            data["model_vocab_size"] = data.pop("padded_vocab_size")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

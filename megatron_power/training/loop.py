@@ -22,7 +22,7 @@ from .config import PretrainConfig
 from .data import data_prefix, get_batch, prepare_data
 from .distributed import init_distributed
 from .metrics import Progress
-from .model import build_model, model_vocab_size
+from .model import build_model, run_vocabulary, runs_sequence_parallel
 from .optimizer import build_optimizer
 from .rundir import RunDir
 from .step import average_gradients, clip_gradients, evaluate, forward_loss
@@ -66,7 +66,7 @@ def train(
     train_set, valid_set = build_gpt_datasets(
         data_prefix(config), config.seq_length, 1, 1, config.seed, meta
     )
-    model, mup = build_model(config, model_vocab_size(config, meta), device)
+    model, mup = build_model(config, run_vocabulary(config, meta), device)
     optimizer, scheduler = build_optimizer(config, model, mup, override_schedule)
 
     if init_from is not None:
@@ -75,6 +75,10 @@ def train(
         start = resume(run, model, optimizer, scheduler)  # 0 for a new run
 
     progress = Progress(run, config, start, meta) if dist.get_rank() == 0 else None
+    if progress is not None and runs_sequence_parallel(config):
+        tp = config.tensor_model_parallel_size
+        print(f"megatron-power: MoE with --tp {tp}: sequence parallelism on "
+              "(Megatron-Core needs it for MoE under tensor parallelism)")  # fmt: skip
     checkpoint_every = max(1, config.checkpoint_interval_tokens // config.tokens_per_step)
     model.train()
     consumed = sum(batches[:start])  # samples before this invocation's first step

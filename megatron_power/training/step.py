@@ -24,7 +24,9 @@ def forward_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def average_gradients(model) -> None:
-    """Data-parallel gradient averaging (what Megatron's DDP does).
+    """Data-parallel gradient averaging (what Megatron's DDP does), after summing the
+    gradients of sequence-parallel replicas (norms, router) over tensor parallelism: each
+    rank saw only its part of the sequence (what Megatron's finalize_model_grads does).
 
     Expert gradients already hold every data-parallel rank's tokens (the token dispatcher
     gathers them over the expert group), so they are summed over the expert-data-parallel
@@ -32,6 +34,11 @@ def average_gradients(model) -> None:
     """
     from megatron.core import parallel_state
 
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+        for param in model.parameters():
+            if param.grad is not None and getattr(param, "sequence_parallel", False):
+                dist.all_reduce(param.grad, group=tp_group)
     dp_size = parallel_state.get_data_parallel_world_size()
     if dp_size == 1:
         return
