@@ -1,10 +1,12 @@
 """User text (.txt: one document per blank-line-separated paragraph; .jsonl: a "text"
-field per line) tokenized with SentencePiece - trained on the fly when no model is given."""
+field per line) tokenized with SentencePiece (trained on the fly when no model is given) or
+with a Hugging Face tokenizer.json (an imported model's own, as Granite's)."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +53,51 @@ def tokenize_text(
             hard_vocab_limit=False,
             minloglevel=2,
         )
-    processor = spm.SentencePieceProcessor(model_file=str(model_path))
-    eod = processor.eos_id() if processor.eos_id() >= 0 else processor.get_piece_size() - 1
-    tokens = [np.array([*processor.encode(doc), eod], dtype=np.int64) for doc in documents]
+    encode, vocab_size, eod = load_tokenizer(model_path)
+    tokens = [np.array([*encode(doc), eod], dtype=np.int64) for doc in documents]
     meta = {
         "source": str(source),
         "tokenizer_model": os.path.relpath(model_path.resolve(), data_dir.resolve()),
-        "vocab_size": processor.get_piece_size(),
+        "vocab_size": vocab_size,
         "eod": eod,
         "num_tokens": int(sum(len(t) for t in tokens)),
     }
     return tokens, meta
+
+
+def load_tokenizer(path: Path) -> tuple[Callable[[str], list[int]], int, int]:
+    """(encode, vocabulary size, end-of-document id) of a SentencePiece .model or a
+    Hugging Face tokenizer.json (its eos_token from tokenizer_config.json beside it)."""
+    if path.name.endswith(".json"):
+        return _hugging_face_tokenizer(path)
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=str(path))
+    eod = processor.eos_id() if processor.eos_id() >= 0 else processor.get_piece_size() - 1
+    return processor.encode, processor.get_piece_size(), eod
+
+
+def _hugging_face_tokenizer(path: Path) -> tuple[Callable[[str], list[int]], int, int]:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ValueError(
+            f"--tokenizer-model: {path} needs the tokenizers package (pip install "
+            "'megatron-power[hf]')"
+        ) from None
+    tokenizer = Tokenizer.from_file(str(path))
+    settings = path.with_name("tokenizer_config.json")
+    eos = json.loads(settings.read_text()).get("eos_token") if settings.is_file() else None
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    eod = tokenizer.token_to_id(eos) if isinstance(eos, str) else None
+    if eod is None:
+        raise ValueError(
+            f"--tokenizer-model: {path} has no eos_token in a tokenizer_config.json beside it "
+            "(documents end with it)"
+        )
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    return encode, tokenizer.get_vocab_size(with_added_tokens=True), eod

@@ -111,7 +111,7 @@ def granite_config(
     max_position_embeddings: int,
     rotary_base: float,
     tied: bool,
-    eos_token_id: int | None = None,
+    token_ids: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """The Hub ``config.json`` of the exported model, muP mapped to Granite's scalars."""
     refuse_inexpressible(megatron_config)
@@ -142,8 +142,7 @@ def granite_config(
         "torch_dtype": "float32",
         "use_cache": True,
     }
-    if eos_token_id is not None:
-        config.update(eos_token_id=eos_token_id, bos_token_id=eos_token_id)
+    config.update(token_ids or {})
     if moe:
         config.update(
             num_local_experts=megatron_config.num_moe_experts,
@@ -168,14 +167,15 @@ def granite_scalars(mup_rules: Any | None, softmax_scale: float) -> dict[str, fl
 
 def mup_from_granite(hf: dict[str, Any], base_hidden_size: int | None) -> dict[str, Any] | None:
     """Granite's four scalars -> the MupConfig knobs that reproduce them (None: all are
-    neutral, standard parameterisation). The base width defaults to hidden / logits_scaling,
-    the width ratio muP divides the logits by."""
+    neutral, standard parameterisation). ``hf`` holds transformers' defaults for absent
+    fields (attention_multiplier 1.0, not 1/sqrt(head_dim)). The base width defaults to
+    hidden / logits_scaling, the width ratio muP divides the logits by."""
     hidden = hf["hidden_size"]
     head_dim = hidden // hf["num_attention_heads"]
-    embedding = hf.get("embedding_multiplier", 1.0)
-    residual = hf.get("residual_multiplier", 1.0)
-    attention = hf.get("attention_multiplier", head_dim**-0.5)
-    logits = hf.get("logits_scaling", 1.0)
+    embedding = hf["embedding_multiplier"]
+    residual = hf["residual_multiplier"]
+    attention = hf["attention_multiplier"]
+    logits = hf["logits_scaling"]
     if (embedding, residual, logits) == (1.0, 1.0, 1.0) and abs(attention - head_dim**-0.5) < 1e-12:
         return None
     if base_hidden_size is None:
@@ -194,6 +194,87 @@ def mup_from_granite(hf: dict[str, Any], base_hidden_size: int | None) -> dict[s
         logits_scaling=logits,
     )
     return {name: value for name, value in mup.to_dict().items() if value is not None}
+
+
+#: RoPE variants Megatron-Core's GPT computes exactly as transformers does: none (default)
+#: and linear position interpolation (GPTModel's seq_len_interpolation_factor).
+EXACT_ROPE_TYPES = ("default", "linear")
+
+
+def rope_of(hf: dict[str, Any]) -> tuple[float, float | None]:
+    """(rope_theta, linear scaling factor or None) of a resolved config: transformers 5's
+    ``rope_parameters`` or 4.x's ``rope_theta`` + ``rope_scaling``. Any other scaling is
+    refused: converting it would change the logits."""
+    parameters = hf.get("rope_parameters") or {}
+    legacy = hf.get("rope_scaling") or {}
+    theta = parameters.get("rope_theta", hf.get("rope_theta", 10_000.0))
+    kind = (parameters.get("rope_type") or legacy.get("rope_type") or legacy.get("type")
+            or "default")  # fmt: skip
+    if kind not in EXACT_ROPE_TYPES:
+        raise ValueError(
+            f"DIR: config.json rope type {kind!r} is not supported: megatron-power converts "
+            f"{' and '.join(EXACT_ROPE_TYPES)} RoPE exactly; Megatron-Core's GPT has no "
+            f"{kind} RoPE that computes what transformers' does"
+        )
+    partial = parameters.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ValueError(
+            f"DIR: config.json partial_rotary_factor {partial!r} is not supported (Granite "
+            "rotates every channel: 1.0)"
+        )
+    if kind == "linear":
+        factor = parameters.get("factor", legacy.get("factor"))
+        if not isinstance(factor, int | float) or factor <= 0:
+            raise ValueError(f"DIR: config.json linear RoPE factor {factor!r} is not > 0")
+        return float(theta), float(factor)
+    return float(theta), None
+
+
+def refuse_unconvertible(hf: dict[str, Any]) -> None:
+    """Raise ValueError naming the first field of a resolved Granite config that the
+    plugin's model cannot compute exactly."""
+    model_type = hf.get("model_type")
+    if model_type not in ("granite", "granitemoe"):
+        raise ValueError(f"DIR: model_type {model_type!r} is not granite or granitemoe")
+    heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    checks = {
+        "attention_bias": (not hf.get("attention_bias", False), "False"),
+        "mlp_bias": (not hf.get("mlp_bias", False), "False"),
+        "hidden_act": (hf.get("hidden_act", "silu") == "silu", "'silu'"),
+        "head_dim": (hf.get("head_dim") in (None, hidden // heads), "hidden_size / heads"),
+        "num_key_value_heads": (heads % (hf.get("num_key_value_heads") or heads) == 0,
+                                "a divisor of num_attention_heads"),
+        "hidden_size": (hidden % heads == 0, "a multiple of num_attention_heads"),
+        "shared_intermediate_size": (not hf.get("shared_intermediate_size"), "0 or absent"),
+    }  # fmt: skip
+    for field, (ok, allowed) in checks.items():
+        if not ok:
+            raise ValueError(
+                f"DIR: config.json {field}={hf.get(field)!r} is not supported (allowed: {allowed})"
+            )
+    rope_of(hf)
+
+
+def check_layout(hf: dict[str, Any], tp: int, ep: int, seq_length: int) -> None:
+    """Heads, KV heads, experts and sequence against the layout, before anything is built
+    (the vocabulary is padded instead, as Megatron pads it)."""
+    heads = hf["num_attention_heads"]
+    groups = hf.get("num_key_value_heads") or heads
+    for name, count in (("num_attention_heads", heads), ("num_key_value_heads", groups)):
+        if count % tp:
+            raise ValueError(
+                f"--tp: {tp} does not divide the model's {name} {count}; use a divisor of it"
+            )
+    experts = hf.get("num_local_experts") if hf["model_type"] == "granitemoe" else None
+    if ep > 1 and not experts:
+        raise ValueError(f"--ep: {ep} needs a MoE model; this one is dense (use --ep 1)")
+    if experts and experts % ep:
+        raise ValueError(f"--ep: {ep} does not divide the model's {experts} experts")
+    if experts and tp > 1 and seq_length % tp:
+        raise ValueError(
+            f"--seq-length: {seq_length} is not divisible by --tp {tp} (MoE with tensor "
+            "parallelism runs sequence parallel, which splits the sequence)"
+        )
 
 
 def shape_of(config: dict[str, Any]) -> GraniteShape:

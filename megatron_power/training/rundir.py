@@ -7,6 +7,8 @@ A run directory::
     checkpoints/latest                  the newest iteration, written last
     checkpoints/iter_0000050/rank000.pt one file per rank (model, optimizer, scheduler, RNG)
     checkpoints/iter_0000050/config.json the configuration it was trained with
+    hf_source/                          an imported model's files but its weights
+                                        (config.json, tokenizer, generation config)
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class RunDir:
     @property
     def data(self) -> Path:
         return self.path / "data"
+
+    @property
+    def hf_source(self) -> Path:
+        """What import-hf kept of the Hugging Face model (export starts from it)."""
+        return self.path / "hf_source"
 
     @property
     def checkpoints(self) -> Path:
