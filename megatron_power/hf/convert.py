@@ -261,6 +261,8 @@ def import_granite(
     from .granite import check_layout, refuse_unconvertible, rope_of, shape_of
 
     directory, out = Path(directory), Path(out)
+    if RunDir(out).config.exists() or RunDir(out).has_checkpoints():
+        raise ValueError(f"OUT: {out} already holds a run; choose another directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"OUT: {out} exists and is not empty; choose a new run directory")
     hf = read_hf_config(directory)
@@ -268,18 +270,22 @@ def import_granite(
     seq_length = options.seq_length or hf["max_position_embeddings"]
     check_layout(hf, options.tp, options.ep, seq_length)
     config = run_config_of(hf, options, run_fields, out)
-    tokenizer = source_tokenizer(directory)
-    if config.data != "markov" and config.tokenizer_model is None:
+    if config.data != "markov":
+        if not Path(config.data).is_file():
+            raise ValueError(f"--data: no such file: {config.data}")
+        tokenizer = Path(config.tokenizer_model) if config.tokenizer_model else None
         if tokenizer is None:
-            raise ValueError(
-                f"--tokenizer-model: {directory} has no tokenizer (tokenizer.model or "
-                "tokenizer.json) and none was given: text must be tokenized with the "
-                "model's own tokenizer"
-            )
-        config.tokenizer_model = f"{RunDir(out).hf_source.name}/{tokenizer.name}"
+            tokenizer = source_tokenizer(directory)
+            if tokenizer is None:
+                raise ValueError(
+                    f"--tokenizer-model: {directory} has no tokenizer (tokenizer.model or "
+                    "tokenizer.json) and none was given: text must be tokenized with the "
+                    "model's own tokenizer"
+                )
+            # the run's copy, named relative to the run directory
+            config.tokenizer_model = f"{RunDir(out).hf_source.name}/{tokenizer.name}"
+        check_tokenizer(tokenizer, hf["vocab_size"])
     config.validate(inputs_needed=False)
-    if config.data != "markov" and not Path(config.data).is_file():
-        raise ValueError(f"--data: no such file: {config.data}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -351,6 +357,20 @@ def source_tokenizer(directory: Path) -> Path | None:
         if (Path(directory) / name).is_file():
             return Path(directory) / name
     return None
+
+
+def check_tokenizer(path: Path, vocab_size: int) -> None:
+    """A tokenizer whose ids the model has rows for (checked before anything is written)."""
+    from ..data.text import load_tokenizer
+
+    if not path.is_file():
+        raise ValueError(f"--tokenizer-model: no such file: {path}")
+    _, size, _ = load_tokenizer(path)
+    if size > vocab_size:
+        raise ValueError(
+            f"--tokenizer-model: {path.name} has {size} tokens, more than the model's "
+            f"vocab_size {vocab_size}"
+        )
 
 
 def copy_model_files(directory: Path, destination: Path) -> None:

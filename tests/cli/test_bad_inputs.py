@@ -171,6 +171,15 @@ ROWS = [
     Row("export-not-a-run", ["export-hf", "other.txt", "out"], "CKPT: other.txt is neither a run directory"),
     Row("import-missing", ["import-hf", "missing", "imported"], "DIR: missing has no config.json"),
     Row("import-over-a-run", ["import-hf", "hf", "run"], "OUT: run already holds a run", setup="fake hf"),
+    Row("import-yarn-rope", ["import-hf", "hf", "new"], "DIR: config.json rope type 'yarn' is not supported", setup='fake hf {"rope_parameters":{"rope_type":"yarn","factor":4.0,"rope_theta":10000.0}}'),
+    Row("import-dynamic-rope-4x", ["import-hf", "hf", "new"], "DIR: config.json rope type 'dynamic' is not supported", setup='fake hf {"rope_scaling":{"type":"dynamic","factor":2.0}}'),
+    Row("import-kv-heads-not-dividing-tp", ["import-hf", "hf", "new", "--tp", "2"], "--tp: 2 does not divide the model's num_key_value_heads 1", setup='fake hf {"num_key_value_heads":1}'),
+    Row("import-heads-not-dividing-tp", ["import-hf", "hf", "new", "--tp", "4"], "--tp: 4 does not divide the model's num_attention_heads 2", setup="fake hf"),
+    Row("import-ep-on-dense", ["import-hf", "hf", "new", "--ep", "2"], "--ep: 2 needs a MoE model", setup="fake hf"),
+    Row("import-experts-not-dividing-ep", ["import-hf", "hf", "new", "--ep", "4"], "--ep: 4 does not divide the model's 6 experts", setup='fake hf {"model_type":"granitemoe","num_local_experts":6}'),
+    Row("import-text-without-tokenizer", ["import-hf", "hf", "new", "--data", "other.txt"], "--tokenizer-model: hf has no tokenizer", setup="fake hf"),
+    Row("import-biased", ["import-hf", "hf", "new"], "DIR: config.json attention_bias=True is not supported", setup='fake hf {"attention_bias":true}'),
+    Row("import-llama", ["import-hf", "hf", "new"], "DIR: model_type 'llama' is not granite or granitemoe", setup='fake hf {"model_type":"llama"}'),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
     Row("coord-check-one-width", ["coord-check", "--widths", "64"], "--widths: give two or more widths"),
 ]  # fmt: skip
@@ -233,21 +242,19 @@ def prepare(directory: Path, setup: str | None):
         (directory / target / "config.json").write_text(json.dumps(config))
     elif verb == "break":
         (directory / target / "config.json").write_text("{ half a file")
-    elif verb == "fake":
+    elif verb == "fake":  # a Granite config.json (no weights), fields overridden by JSON
         (directory / target).mkdir()
-        (directory / target / "config.json").write_text(
-            json.dumps(
-                {
-                    "model_type": "granite",
-                    "hidden_size": 64,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                    "intermediate_size": 128,
-                    "vocab_size": 128,
-                    "max_position_embeddings": 128,
-                }
-            )
-        )
+        fake = {
+            "model_type": "granite",
+            "hidden_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 128,
+            "max_position_embeddings": 128,
+        }
+        fake.update(json.loads(" ".join(rest)) if rest else {})
+        (directory / target / "config.json").write_text(json.dumps(fake))
     return None
 
 
