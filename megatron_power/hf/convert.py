@@ -330,6 +330,7 @@ def run_config_of(
         num_experts=shape.num_experts or PretrainConfig.num_experts,
         moe_router_topk=hf.get("num_experts_per_tok", 2),
         moe_aux_loss_coeff=hf["router_aux_loss_coef"] if router_loss else 0.0,
+        attention_dropout=hf["attention_dropout"],  # Granite 3.0 trains with 0.1
         num_query_groups=shape.num_query_groups,
         rotary_base=int(theta) if theta.is_integer() else theta,
         seq_len_interpolation_factor=linear_factor,

@@ -136,7 +136,7 @@ def granite_config(
         "rope_theta": float(rotary_base),
         "tie_word_embeddings": tied,
         "attention_bias": False,
-        "attention_dropout": 0.0,
+        "attention_dropout": megatron_config.attention_dropout,
         "initializer_range": megatron_config.init_method_std,
         **granite_scalars(mup_rules, softmax_scale),
         "torch_dtype": "float32",

@@ -106,6 +106,7 @@ class PretrainConfig:
     moe_router_topk: int = setting(2, None, _POSITIVE_COUNT)
     moe_ffn_hidden_size: int | None = setting(None, None, _POSITIVE_COUNT)  # default hidden
     moe_aux_loss_coeff: float = setting(0.0, None, Range(low=0))  # Megatron's load balancing
+    attention_dropout: float = setting(0.0, None, Range(low=0, high=1, high_open=True))
     seq_length: int = setting(128, "--seq-length", _POSITIVE_COUNT)
     init_method_std: float = setting(0.02, None, Range(low=0, low_open=True))
     # muP: MupConfig fields; None is standard parameterisation

@@ -22,6 +22,7 @@ def small_gpt_options(
     num_query_groups: int | None = None,
     norm_epsilon: float = 1e-5,
     moe_aux_loss_coeff: float = 0.0,
+    attention_dropout: float = 0.0,
     **parallel: Any,
 ) -> dict[str, Any]:
     """TransformerConfig fields of the small Granite-like GPT (RMSNorm, SwiGLU, RoPE, no
@@ -40,7 +41,7 @@ def small_gpt_options(
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
         hidden_dropout=0.0,
-        attention_dropout=0.0,
+        attention_dropout=attention_dropout,
         use_cpu_initialization=True,
         params_dtype=torch.float32,
         **parallel,
@@ -75,6 +76,7 @@ def transformer_config(config: PretrainConfig):
         tensor_model_parallel_size=config.tensor_model_parallel_size,
         expert_model_parallel_size=config.expert_model_parallel_size,
         moe_aux_loss_coeff=config.moe_aux_loss_coeff,
+        attention_dropout=config.attention_dropout,
         # Megatron-Core refuses to train MoE under tensor parallelism without it
         sequence_parallel=runs_sequence_parallel(config),
     )
