@@ -25,6 +25,12 @@ NOT_RUN = {
     "megatron-power import-hf ibm/PowerLM-3B-local-copy runs/p3b --tp 2 --megatron-lm-dir "
     "ckpt/p3b": "a local copy of a 3B public checkpoint; the same import on models built by "
     "transformers: tests/hf",
+    **{
+        f"megatron-power import-hf hf/{name}": "a download of the public checkpoint; its exact "
+        "config through import-hf's checks at these layouts, and a shrunk copy through import "
+        "and export: tests/hf/test_public_checkpoints.py"
+        for name in ("PowerLM-3b", "PowerMoE-3b", "granite-3.0-2b-base")
+    },
 }
 
 

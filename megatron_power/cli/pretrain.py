@@ -144,7 +144,8 @@ def add_data_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--tokenizer-model",
         default=None,
-        help="SentencePiece model for --data text (trained on the fly if absent)",
+        help="SentencePiece .model or Hugging Face tokenizer.json for --data text (a "
+        "SentencePiece model is trained on the fly if absent)",
     )
     schedule = parser.add_argument_group("schedule (ScheduleSettings knobs, in tokens)")
     schedule.add_argument("--train-tokens", type=int, default=DEFAULTS.train_tokens)
