@@ -130,12 +130,14 @@ def test_import_then_export_gives_back_the_source(models, name, tmp_path):
                 assert (out / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-def test_moe_with_tp_runs_sequence_parallel_and_trains_like_tp1(models):
+def test_moe_with_tp_runs_sequence_parallel_and_trains_like_tp1(models, tmp_path):
     """D2: a GraniteMoE imported at --tp 2 trains (sequence parallelism on, logged), and
     its losses are those of the same model at TP 1; the first one is transformers' loss."""
-    losses = {}
+    losses, runs = {}, {}
     for layout in ((1, 1), (2, 1)):
-        run = models["moe"]["runs"][layout]
+        run = runs[layout] = tmp_path / f"tp{layout[0]}"
+        import_granite(models["moe"]["directory"], run, ImportOptions(tp=layout[0], seq_length=32),
+                       dict(RUN))  # fmt: skip
         result = megatron_power("pretrain", "--resume", run, "--exit-interval", 2)
         assert result.returncode == 0, result.stderr[-3000:]
         assert ("sequence parallelism on" in result.stdout) == (layout[0] == 2)
@@ -144,9 +146,16 @@ def test_moe_with_tp_runs_sequence_parallel_and_trains_like_tp1(models):
     assert len(losses[1, 1]) == 2
     assert losses[2, 1] == pytest.approx(losses[1, 1], rel=1e-5)
     assert losses[1, 1][0] == pytest.approx(
-        transformers_loss_on_first_batch(models["moe"]["runs"][1, 1], models["moe"]["directory"]),
+        transformers_loss_on_first_batch(runs[1, 1], models["moe"]["directory"]),
         rel=1e-5,
     )
+    # the sequence-parallel run's shards (norms and router kept equal over TP) export to
+    # a model transformers computes the trained run's logits with
+    trained, exported = runs[2, 1], tmp_path / "tp2-trained-hf"
+    export_granite(trained, exported)
+    got = run_ranks(megatron_logits, 2, [str(trained)], TOKENS)[0][0]
+    assert (hf_logits(exported) - got).abs().max().item() < 1e-5
+    assert (hf_logits(models["moe"]["directory"]) - got).abs().max().item() > 1e-4
 
 
 def transformers_loss_on_first_batch(run: Path, directory: Path) -> float:

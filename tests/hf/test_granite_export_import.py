@@ -136,6 +136,12 @@ def test_tokenizer_is_exported_with_the_model(runs):
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     text = "the cat sat on a mat while dogs ran"
     assert tokenizer(text)["input_ids"] == processor.encode(text)
+    config = json.loads((directory / "config.json").read_text())
+    # the tokenizer's own ids (a run trained here has no source config to keep)
+    assert (config["bos_token_id"], config["eos_token_id"]) == (processor.bos_id(),
+                                                                processor.eos_id())  # fmt: skip
+    assert config["bos_token_id"] != config["eos_token_id"]
+    assert config["pad_token_id"] is None  # SentencePiece's pad id is -1: none
 
 
 @pytest.mark.parametrize(("kind", "flags"), [("dense", ["--tp", "2"]), ("moe", ["--ep", "2"])])
