@@ -86,7 +86,12 @@ def export_granite(checkpoint_or_run: Path, out: Path, overwrite: bool = False) 
     elif config.tokenizer_model:
         tokenizer = config.path(config.tokenizer_model).resolve()
     if tokenizer is not None and tokenizer.parent != run.hf_source.resolve():
-        write_tokenizer(tokenizer, out)
+        if tokenizer.suffix == ".json":  # a Hugging Face tokenizer: its files as they are
+            for name in (tokenizer.name, "tokenizer_config.json", "special_tokens_map.json"):
+                if (tokenizer.parent / name).is_file():
+                    shutil.copyfile(tokenizer.parent / name, out / name)
+        else:
+            write_tokenizer(tokenizer, out)
     provenance = {"run_config": json.loads(run.config.read_text()),
                   "checkpoint": str(checkpoint)}  # fmt: skip
     (out / "megatron_power.json").write_text(json.dumps(provenance, indent=2) + "\n")
@@ -286,6 +291,8 @@ def import_granite(
             config.tokenizer_model = f"{RunDir(out).hf_source.name}/{tokenizer.name}"
         check_tokenizer(tokenizer, hf["vocab_size"])
     config.validate(inputs_needed=False)
+    if not any(directory.glob("*.safetensors")):
+        raise ValueError(f"DIR: {directory} has no .safetensors files")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

@@ -179,6 +179,7 @@ ROWS = [
     Row("import-experts-not-dividing-ep", ["import-hf", "hf", "new", "--ep", "4"], "--ep: 4 does not divide the model's 6 experts", setup='fake hf {"model_type":"granitemoe","num_local_experts":6}'),
     Row("import-text-without-tokenizer", ["import-hf", "hf", "new", "--data", "other.txt"], "--tokenizer-model: hf has no tokenizer", setup="fake hf"),
     Row("import-biased", ["import-hf", "hf", "new"], "DIR: config.json attention_bias=True is not supported", setup='fake hf {"attention_bias":true}'),
+    Row("import-no-weights", ["import-hf", "hf", "new"], "DIR: hf has no .safetensors files", setup="fake hf"),
     Row("import-llama", ["import-hf", "hf", "new"], "DIR: model_type 'llama' is not granite or granitemoe", setup='fake hf {"model_type":"llama"}'),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
     Row("coord-check-one-width", ["coord-check", "--widths", "64"], "--widths: give two or more widths"),
