@@ -310,6 +310,8 @@ def import_granite(
     rope = rope_of(hf)
     print(f"imported {directory} -> {out} (tp {options.tp}, ep {options.ep}"
           + (f", linear RoPE x{rope[1]:g}" if rope[1] else "")
+          + (", sequence parallel: MoE under TP" if config.model == "moe" and options.tp > 1
+             else "")
           + f"); continue with: megatron-power pretrain --resume {out}")  # fmt: skip
     return config
 

@@ -68,6 +68,7 @@ ROWS = [
     Row("ep-on-dense", [*P, "--nproc", "2", "--ep", "2"], "--ep: expert parallelism needs --model moe"),
     Row("moe-zero-experts", [*P, "--model", "moe", "--num-experts", "0"], "--num-experts: must be an integer >= 1, got 0"),
     Row("experts-not-divisible-by-ep", [*P, "--model", "moe", "--num-experts", "3", "--nproc", "2", "--ep", "2"], "--num-experts: not divisible by --ep"),
+    Row("moe-tp-odd-sequence", [*P, "--model", "moe", "--num-experts", "4", "--nproc", "2", "--tp", "2", "--seq-length", "33"], "--seq-length: 33 is not divisible by --tp 2 (MoE with tensor parallelism runs sequence parallel"),
     Row("experts-on-dense", [*P, "--num-experts", "4"], "--num-experts: only applies with --model moe"),
     Row("exit-interval-zero", [*P, "--exit-interval", "0"], "--exit-interval: must be an integer >= 1, got 0"),
     Row("exit-interval-negative", [*P, "--exit-interval", "-1"], "--exit-interval: must be an integer >= 1, got -1"),
