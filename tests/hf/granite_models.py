@@ -63,24 +63,30 @@ def hf_logits(directory: Path, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
         return model(tokens).logits
 
 
-def megatron_logits(rank: int, world_size: int, run_dirs: list[str], tokens: torch.Tensor):
-    """On every rank: Megatron-Core's forward of each run's latest checkpoint at the run's
-    own TP/EP, gathered over tensor parallelism, cut to the model's vocabulary."""
+def megatron_logits(
+    rank: int, world_size: int, run_dirs: list[str], tokens: torch.Tensor,
+    files: list[str] | None = None,
+):  # fmt: skip
+    """On every rank: Megatron-Core's forward of each run's latest checkpoint (or of
+    ``files[rank]``, for one run) at the run's own TP/EP, gathered over tensor
+    parallelism, cut to the model's vocabulary (padding rows masked as in training)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     from megatron_power.training.config import PretrainConfig
     from megatron_power.training.distributed import init_distributed
-    from megatron_power.training.model import build_model, run_vocabulary
+    from megatron_power.training.model import Vocabulary, build_model
     from megatron_power.training.rundir import RunDir
 
     results = []
     for run_dir in run_dirs:
         config = PretrainConfig.load(Path(run_dir) / "config.json")
         init_distributed(config)
-        file = RunDir(run_dir).latest_checkpoint() / f"rank{rank:03d}.pt"
+        file = files[rank] if files else RunDir(run_dir).latest_checkpoint() / f"rank{rank:03d}.pt"
         state = torch.load(file, weights_only=False)
-        vocabulary = run_vocabulary(config, {"vocab_size": config.model_vocab_size})
+        rows = state["model"]["embedding.word_embeddings.weight"].shape[0]
+        rows *= parallel_state.get_tensor_model_parallel_world_size()
+        vocabulary = Vocabulary(config.model_vocab_size or rows, rows)
         model, _ = build_model(config, vocabulary, torch.device("cpu"))
         missing = model.load_state_dict(state["model"], strict=False).missing_keys
         assert all(key.endswith("_extra_state") for key in missing), missing

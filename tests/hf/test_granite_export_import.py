@@ -15,18 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
+from tests.hf.granite_models import TOKENS, hf_logits, megatron_logits
 from tests.support.distributed import run_ranks
-
-transformers = pytest.importorskip("transformers")
 
 RUN = ["--hidden-size", "64", "--num-layers", "2", "--head-dim", "16", "--seq-length", "32",
        "--global-batch-size", "8", "--train-tokens", "4096", "--warmup-tokens", "512",
        "--exit-interval", "3"]  # fmt: skip
 SHORT = ["--train-tokens", 4096, "--warmup-tokens", 512, "--global-batch-size", 8]
-TOKENS = torch.tensor(
-    [[5, 17, 3, 60, 2, 9, 41, 8, 33, 12, 7, 1], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]
-)
 
 
 def megatron_power(*args: object, check: bool = True) -> subprocess.CompletedProcess:
@@ -42,49 +39,6 @@ def megatron_power(*args: object, check: bool = True) -> subprocess.CompletedPro
 def latest_checkpoint(run_dir: Path) -> Path:
     iteration = int((run_dir / "checkpoints" / "latest").read_text())
     return run_dir / "checkpoints" / f"iter_{iteration:07d}"
-
-
-def megatron_logits(
-    rank: int, world_size: int, run_dir: str, tokens: torch.Tensor, files: list[str] | None = None
-):
-    """Megatron-Core's forward on this rank's shard (of the run's latest checkpoint, or of
-    ``files[rank]``), gathered over tensor parallelism: the full (padded) vocabulary."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    from megatron_power.training.config import PretrainConfig
-    from megatron_power.training.distributed import init_distributed
-    from megatron_power.training.model import Vocabulary, build_model
-
-    config = PretrainConfig.load(Path(run_dir) / "config.json")
-    init_distributed(config)
-    file = files[rank] if files else latest_checkpoint(Path(run_dir)) / f"rank{rank:03d}.pt"
-    state = torch.load(file, weights_only=False)
-    vocab = state["model"]["embedding.word_embeddings.weight"].shape[0]
-    vocab *= parallel_state.get_tensor_model_parallel_world_size()
-    model, _ = build_model(config, Vocabulary.unpadded(vocab), torch.device("cpu"))
-    missing = model.load_state_dict(state["model"], strict=False).missing_keys
-    assert all(key.endswith("_extra_state") for key in missing), missing
-    model.eval()
-    length = tokens.shape[1]
-    positions = torch.arange(length).expand_as(tokens)
-    causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)[None, None]
-    with torch.no_grad():
-        logits = model(tokens, positions, causal)
-    group = parallel_state.get_tensor_model_parallel_group()
-    parts = [torch.empty_like(logits) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, logits.contiguous(), group=group)
-    parallel_state.destroy_model_parallel()
-    return torch.cat(parts, dim=-1)
-
-
-def hf_logits(directory: Path, tokens: torch.Tensor) -> torch.Tensor:
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        directory, attn_implementation="eager", dtype=torch.float32
-    )
-    model.eval()
-    with torch.no_grad():
-        return model(tokens).logits
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +72,8 @@ def test_exported_model_computes_the_megatron_logits(runs, kind):
     assert config["embedding_multiplier"] == 4.0 and config["residual_multiplier"] == 0.5
     assert config["attention_multiplier"] == pytest.approx(1 / 16)  # muP's 1/head_dim
     assert config["logits_scaling"] == 1.0
-    reference = run_ranks(megatron_logits, 2, str(run), TOKENS)
+    reference = run_ranks(megatron_logits, 2, [str(run)], TOKENS)
+    reference = [logits for (logits,) in reference]
     torch.testing.assert_close(reference[0], reference[1])  # both ranks agree
     got = hf_logits(directory, TOKENS)
     assert got.shape == reference[0].shape
@@ -197,7 +152,8 @@ def test_moe_imported_at_ep2_computes_the_hf_logits(runs, tmp_path):
     out = tmp_path / "moe"
     megatron_power("import-hf", exported, out, "--ep", "2",
                    *SHORT)  # fmt: skip
-    reference = run_ranks(megatron_logits, 2, str(out), TOKENS)
+    reference = run_ranks(megatron_logits, 2, [str(out)], TOKENS)
+    reference = [logits for (logits,) in reference]
     assert (hf_logits(exported, TOKENS) - reference[0]).abs().max().item() < 1e-4
 
 
@@ -216,9 +172,9 @@ def test_megatron_lm_release_checkpoint_loads_into_megatron(runs, tmp_path):
     state = torch.load(files[0], weights_only=False)
     assert state["checkpoint_version"] == 3.0 and state["iteration"] == 0
     assert state["model"]["embedding.word_embeddings.weight"].shape[0] == 128  # 256 / TP
-    reference = run_ranks(megatron_logits, 2, str(tmp_path / "run"), TOKENS, files)
-    assert reference[0].shape[-1] == 256
-    assert (hf_logits(exported, TOKENS) - reference[0][..., :96]).abs().max().item() < 1e-4
+    reference = run_ranks(megatron_logits, 2, [str(tmp_path / "run")], TOKENS, files)
+    assert reference[0][0].shape[-1] == 96  # the 256 rows cut to the model's vocabulary
+    assert (hf_logits(exported, TOKENS) - reference[0][0]).abs().max().item() < 1e-4
     te = megatron_lm_names(state["model"], transformer_engine=True, moe=False)
     assert "decoder.layers.1.self_attention.linear_qkv.layer_norm_weight" in te
     assert "decoder.layers.1.mlp.linear_fc1.layer_norm_weight" in te
