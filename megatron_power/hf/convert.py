@@ -263,7 +263,7 @@ def import_granite(
     continues (``run_fields``: its data and schedule), and optionally a Megatron-LM release
     checkpoint. Every check runs before a tensor is read; the run is written under a
     temporary name and renamed when complete. Returns the run's config."""
-    from .granite import check_layout, refuse_unconvertible, rope_of, shape_of
+    from .granite import check_layout, refuse_unconvertible, shape_of
 
     directory, out = Path(directory), Path(out)
     if RunDir(out).config.exists() or RunDir(out).has_checkpoints():
@@ -272,8 +272,7 @@ def import_granite(
         raise ValueError(f"OUT: {out} exists and is not empty; choose a new run directory")
     hf = read_hf_config(directory)
     refuse_unconvertible(hf)
-    seq_length = options.seq_length or hf["max_position_embeddings"]
-    check_layout(hf, options.tp, options.ep, seq_length)
+    check_layout(hf, options.tp, options.ep)
     config = run_config_of(hf, options, run_fields, out)
     if config.data != "markov":
         if not Path(config.data).is_file():
@@ -307,9 +306,9 @@ def import_granite(
         shutil.rmtree(partial, ignore_errors=True)
     if options.megatron_lm_dir:
         write_megatron_lm_release(RunDir(out), config, options)
-    rope = rope_of(hf)
+    linear = config.seq_len_interpolation_factor
     print(f"imported {directory} -> {out} (tp {options.tp}, ep {options.ep}"
-          + (f", linear RoPE x{rope[1]:g}" if rope[1] else "")
+          + (f", linear RoPE x{linear:g}" if linear else "")
           + (", sequence parallel: MoE under TP" if config.model == "moe" and options.tp > 1
              else "")
           + f"); continue with: megatron-power pretrain --resume {out}")  # fmt: skip

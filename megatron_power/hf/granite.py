@@ -255,9 +255,10 @@ def refuse_unconvertible(hf: dict[str, Any]) -> None:
     rope_of(hf)
 
 
-def check_layout(hf: dict[str, Any], tp: int, ep: int, seq_length: int) -> None:
-    """Heads, KV heads, experts and sequence against the layout, before anything is built
-    (the vocabulary is padded instead, as Megatron pads it)."""
+def check_layout(hf: dict[str, Any], tp: int, ep: int) -> None:
+    """Heads, KV heads and experts against the layout, named as the model's, before
+    anything is built (the vocabulary is padded instead, as Megatron pads it; the run's
+    own checks, PretrainConfig.validate, follow)."""
     heads = hf["num_attention_heads"]
     groups = hf.get("num_key_value_heads") or heads
     for name, count in (("num_attention_heads", heads), ("num_key_value_heads", groups)):
@@ -270,11 +271,6 @@ def check_layout(hf: dict[str, Any], tp: int, ep: int, seq_length: int) -> None:
         raise ValueError(f"--ep: {ep} needs a MoE model; this one is dense (use --ep 1)")
     if experts and experts % ep:
         raise ValueError(f"--ep: {ep} does not divide the model's {experts} experts")
-    if experts and tp > 1 and seq_length % tp:
-        raise ValueError(
-            f"--seq-length: {seq_length} is not divisible by --tp {tp} (MoE with tensor "
-            "parallelism runs sequence parallel, which splits the sequence)"
-        )
 
 
 def shape_of(config: dict[str, Any]) -> GraniteShape:

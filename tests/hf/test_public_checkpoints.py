@@ -44,7 +44,7 @@ def test_documented_layouts_accept_the_full_config(name, tmp_path):
     hf = read_hf_config(tmp_path)
     refuse_unconvertible(hf)
     for tp, ep in {*one_gpu, *eight_gpus}:
-        check_layout(hf, tp, ep, config["max_position_embeddings"])
+        check_layout(hf, tp, ep)
         fields = dict(RUN, train_tokens=4096 * 4 * 100)
         run = run_config_of(hf, ImportOptions(tp=tp, ep=ep), fields, tmp_path / "run")
         run.validate(inputs_needed=False)
