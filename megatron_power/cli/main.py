@@ -14,7 +14,7 @@ from ..errors import TrainingDiverged
 
 notices.quiet()
 
-from . import coord_check, hf, mup_audit, pretrain, schedule, sweep  # noqa: E402
+from . import coord_check, hf, mup_audit, predict, pretrain, schedule, sweep  # noqa: E402
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     coord_check.add_parser(subparsers)
     mup_audit.add_parser(subparsers)
     schedule.add_parser(subparsers)
+    predict.add_parser(subparsers)
     sweep.add_parsers(subparsers)
     hf.add_parsers(subparsers)
     for command in subparsers.choices.values():

@@ -154,6 +154,12 @@ def placeholders(spec: SweepSpec, run: dict[str, Any], run_dir: Path) -> dict[st
     }
 
 
+def runs_pretrain(template: str) -> bool:
+    """Whether the template is a ``megatron-power pretrain`` run in ``{run_dir}`` (the
+    default, or a bench's own flags): a killed attempt then resumes from its checkpoint."""
+    return "megatron_power.cli.main pretrain --run-dir {run_dir}" in template
+
+
 def command(spec: SweepSpec, run: dict[str, Any], run_dir: Path) -> str:
     try:
         text = spec.template.format(**placeholders(spec, run, run_dir))
@@ -246,7 +252,7 @@ def run_one(sweep: SweepDir, spec: SweepSpec, index: int, env: dict[str, str] | 
 def _run_locked(sweep, spec, index, run, identifier, env) -> dict[str, Any]:
     run_dir = sweep.path / "runs" / identifier
     text = command(spec, run, run_dir)
-    if spec.template == PRETRAIN_TEMPLATE and run_dir.exists():
+    if runs_pretrain(spec.template) and run_dir.exists():
         # An attempt that was killed: continue from its checkpoint, or start it over.
         if RunDir(run_dir).latest_checkpoint() is not None and RunDir(run_dir).config.is_file():
             text = f"{sys.executable} -m megatron_power.cli.main pretrain --resume {run_dir}"
