@@ -28,7 +28,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--fit", nargs="+", type=Path, required=True, metavar="RUN",
-                        help="run directories of megatron-power pretrain, or sweep "
-                        "directories (their finished runs)")  # fmt: skip
+                        help="run directories of megatron-power pretrain, sweep directories "
+                        "(their finished runs), or one FILE.json of --save-fit")  # fmt: skip
     parser.add_argument("--law", choices=sorted(LAWS), default="multi-power")
+    parser.add_argument("--save-fit", type=Path, default=None, metavar="FILE.json",
+                        help="save the fit (--fit FILE.json reuses it)")  # fmt: skip
     parser.add_argument("--optimize", action="store_true",
                         help="search the schedule family for the lowest predicted final "
                         "loss at the flags' budget (--lr, if given, is kept)")  # fmt: skip
@@ -164,15 +166,22 @@ def read_run(
     return Trajectory(lrs, batches), at, losses, config, valid
 
 
-def read_runs(paths: list[Path], flag: str = "--fit") -> list[Observed]:
-    """Every run, those with the same LR and batch sequence (seeds) averaged into one."""
+def model_of(config: dict) -> dict:
+    """The config.json fields a law depends on: the model, the data, the optimiser."""
+    return {k: v for k, v in config.items() if k not in RUN_FIELDS}
+
+
+def read_runs(
+    paths: list[Path], flag: str = "--fit", reference: tuple[str, dict] | None = None
+) -> list[Observed]:
+    """Every run, those with the same LR and batch sequence (seeds) averaged into one;
+    all of one model and data (``reference``'s, when given: the fit's)."""
     groups: dict[tuple, Observed] = {}
-    reference = None
     for path in run_directories(paths, flag):
         trajectory, at, losses, config, valid = read_run(path, flag)
-        model = {k: v for k, v in config.items() if k not in RUN_FIELDS}
+        model = model_of(config)
         if reference is None:
-            reference = (path, model)
+            reference = (str(path), model)
         else:
             differs = sorted(k for k in model.keys() | reference[1].keys()
                              if model.get(k) != reference[1].get(k))  # fmt: skip
@@ -203,6 +212,59 @@ def read_runs(paths: list[Path], flag: str = "--fit") -> list[Observed]:
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What a fit has seen: the sequence length, batch sizes, peak LRs, longest run."""
+
+    seq_length: int
+    batches: list[float]
+    peak_lrs: list[float]
+    longest: int
+    model: dict
+
+    @classmethod
+    def of(cls, observed: list[Observed]) -> Scope:
+        return cls(
+            seq_length=observed[0].config["seq_length"],
+            batches=sorted({float(b) for o in observed for b in o.curve.trajectory.batches}),
+            peak_lrs=sorted({o.curve.trajectory.peak_lr for o in observed}),
+            longest=max(o.curve.trajectory.steps for o in observed),
+            model=model_of(observed[0].config),
+        )
+
+
+# ------------------------------------------------------------------- saved fits
+FIT_FORMAT = "megatron-power predict fit, version 1"
+
+
+def save_fit(path: Path, fitted: Fit, scope: Scope, runs: list[str]) -> None:
+    data = {"format": FIT_FORMAT, "law": fitted.law.name, "values": fitted.values,
+            "reference_batch": fitted.reference_batch, "scaled": fitted.scaled.tolist(),
+            "covariance": fitted.covariance.tolist(),
+            "rms_relative_error": fitted.rms_relative_error, "scope": asdict(scope),
+            "runs": runs}  # fmt: skip
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def load_fit(path: Path, law_flag_given: bool, law: str) -> tuple[Fit, Scope]:
+    """A fit saved by --save-fit (given as the one --fit argument)."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FIT_FORMAT:
+            raise ValueError("not a saved fit")
+        scope = Scope(**data["scope"])
+        saved_law = LAWS[data["law"]]
+        fitted = Fit(saved_law, data["values"], data["reference_batch"],
+                     np.array(data["scaled"]), np.array(data["covariance"]),
+                     data["rms_relative_error"], scope.batches, scope.peak_lrs,
+                     scope.longest)  # fmt: skip
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--fit: {path} is not a fit saved by --save-fit ({error})") from None
+    if law_flag_given and law != saved_law.name:
+        raise ValueError(f"--law {law}: {path} holds a {saved_law.name} fit")
+    return fitted, scope
+
+
 # ---------------------------------------------------------------------- the target
 @dataclass(frozen=True)
 class Target:
@@ -225,13 +287,13 @@ def target_of(args: argparse.Namespace) -> Target:
 
 def check_target(
     args: argparse.Namespace,
-    observed: list[Observed],
+    scope: Scope,
     target: Target,
     warn: Callable[[str], None],
     check_lr: bool = True,
 ) -> None:
     """Refuse what the fit cannot say; name what it can only extrapolate."""
-    seq = observed[0].config["seq_length"]
+    seq = scope.seq_length
     if args.seq_length is None:
         raise ValueError(f"--seq-length: required (the fitted runs use {seq})")
     if args.seq_length != seq:
@@ -239,31 +301,29 @@ def check_target(
             f"--seq-length {args.seq_length}: the fitted runs use {seq}; the law is fitted "
             "per sequence length"
         )
-    fitted_batches = sorted({float(b) for o in observed for b in o.curve.trajectory.batches})
     batches = sorted(set(target.trajectory.batches.tolist()))
-    unseen = [b for b in batches if b not in fitted_batches]
-    if unseen and len(fitted_batches) == 1:
+    unseen = [b for b in batches if b not in scope.batches]
+    if unseen and len(scope.batches) == 1:
         raise ValueError(
             f"--global-batch-size: batch {unseen[0]:g} was not in the fit, whose runs all use "
-            f"{fitted_batches[0]:g}; predicting another batch size needs fitted runs at two "
+            f"{scope.batches[0]:g}; predicting another batch size needs fitted runs at two "
             "batch sizes"
         )
-    low, high = fitted_batches[0], fitted_batches[-1]
+    low, high = scope.batches[0], scope.batches[-1]
     if any(b < low or b > high for b in batches):
         warn(f"batch sizes {batches} reach outside the fitted {low:g}-{high:g}: extrapolated")
-    peaks = [o.curve.trajectory.peak_lr for o in observed]
     peak = float(np.max(target.trajectory.lrs))
+    peaks = scope.peak_lrs
     if check_lr and (peak > max(peaks) * 1.0001 or peak < min(peaks) / 1.0001):
         warn(
             f"peak LR {peak:.4g} is outside the fitted runs' peaks "
             f"{min(peaks):.4g}-{max(peaks):.4g}: extrapolated"
         )
-    longest = max(o.curve.trajectory.steps for o in observed)
-    ratio = target.trajectory.steps / longest
+    ratio = target.trajectory.steps / scope.longest
     if ratio > TRUSTED_HORIZON:
         warn(
             f"{target.trajectory.steps} iterations is {ratio:.1f}x the longest fitted run "
-            f"({longest}); predictions beyond {TRUSTED_HORIZON:g}x are untested"
+            f"({scope.longest}); predictions beyond {TRUSTED_HORIZON:g}x are untested"
         )
 
 
@@ -306,27 +366,40 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--families: {args.families!r}; choose from {', '.join(FAMILIES)}")
     if args.optimize and args.compare:
         raise ValueError("--compare: give it without --optimize (compare a schedule you name)")
+    if args.save_fit is not None and args.save_fit.exists() and not args.force:
+        raise ValueError(f"--save-fit: {args.save_fit} exists (--force overwrites it)")
     # Everything the flags say is checked before the fit (which takes seconds).
-    observed = read_runs(args.fit)
-    check_fit_inputs([o.curve for o in observed])
-    compared = read_runs(args.compare, "--compare") if args.compare else []
+    saved = len(args.fit) == 1 and args.fit[0].suffix == ".json" and args.fit[0].is_file()
+    observed: list[Observed] = []
+    if saved:
+        fitted, scope = load_fit(args.fit[0], "law" in getattr(args, "given", ()), args.law)
+    else:
+        observed = read_runs(args.fit)
+        check_fit_inputs([o.curve for o in observed])
+        scope = Scope.of(observed)
+    compared = []
+    if args.compare:
+        compared = read_runs(args.compare, "--compare", (f"the fit ({args.fit[0]})", scope.model))
     base = budget_args(args) if args.optimize else args
     target = target_of(base)
     warnings: list[str] = []
-    check_target(args, observed, target, warnings.append, check_lr=not args.optimize)
+    check_target(args, scope, target, warnings.append, check_lr=not args.optimize)
     check_followed(compared, target)
-    law = LAWS[args.law]
-    fitted = fit(law, [o.curve for o in observed])
+    if not saved:
+        fitted = fit(LAWS[args.law], [o.curve for o in observed])
+        if args.save_fit is not None:
+            save_fit(args.save_fit, fitted, scope, [str(p) for o in observed for p in o.runs])
+    law = fitted.law
     report = {"law": law.name, "citation": law.citation, "values": fitted.values,
               "fit_rms_relative_error": fitted.rms_relative_error,
               "fitted_runs": [str(p) for o in observed for p in o.runs]}  # fmt: skip
-    print(describe_fit(fitted, observed))
+    print(describe_fit(fitted, scope, len(observed)))
     if args.optimize:
         best = optimize(args, base, fitted, families, warnings)
         report["optimized"] = best
         args = best.pop("args")
         target = target_of(args)
-        check_target(args, observed, target, warnings.append)
+        check_target(args, scope, target, warnings.append)
     at = evaluation_steps(target.trajectory, args.every)
     loss, spread = fitted.predict_with_spread(target.trajectory, at)
     final, final_sd = float(loss[-1]), float(spread[-1])
@@ -345,16 +418,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_fit(fitted: Fit, observed: list[Observed]) -> str:
+def describe_fit(fitted: Fit, scope: Scope, schedules: int) -> str:
     values = "  ".join(f"{k} {v:.4g}" for k, v in fitted.values.items())
     worst = max(fitted.rms_relative_error.values())
+    where = f"{schedules} schedules" if schedules else "a saved fit"
     return (
-        f"fit: {fitted.law.name} law ({fitted.law.citation}) on {len(observed)} schedules "
-        f"({sum(len(o.runs) for o in observed)} runs; batch "
-        f"{', '.join(f'{b:g}' for b in fitted.batches)};"
-        f" peak LR {min(fitted.peak_lrs):.4g}-{max(fitted.peak_lrs):.4g}; longest "
-        f"{fitted.longest} iterations)\n  {values}\n  fit error: worst run "
-        f"{worst:.2%} rms of window means"
+        f"fit: {fitted.law.name} law ({fitted.law.citation}) on {where} (batch "
+        f"{', '.join(f'{b:g}' for b in scope.batches)}; peak LR {min(scope.peak_lrs):.4g}-"
+        f"{max(scope.peak_lrs):.4g}; longest {scope.longest} iterations)\n  {values}\n"
+        f"  fit error: worst run {worst:.2%} rms of window means"
     )
 
 
@@ -555,7 +627,11 @@ def plot(path: Path, fitted: Fit, observed: list[Observed], target: Target, at, 
         shown = steps[steps >= first]
         left.plot(shown, fitted.predict(group.curve.trajectory, shown), color=color, lw=1)
     left.set(xlabel="iteration", ylabel="loss", title=f"fit: {fitted.law.name} law (lines) vs runs")
-    left.legend(fontsize=6)
+    if observed:
+        left.legend(fontsize=6)
+    else:
+        left.text(0.5, 0.5, "a saved fit: its runs are not at hand", ha="center",
+                  transform=left.transAxes)  # fmt: skip
     right.plot(at, loss, color="black", label="predicted")
     right.fill_between(at, loss - 2 * spread, loss + 2 * spread, color="grey", alpha=0.3,
                        label="± 2 sd")  # fmt: skip
