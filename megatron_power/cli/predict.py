@@ -207,8 +207,9 @@ def read_runs(
     for group in groups.values():
         if len(group.runs) > 1:
             group.name = f"{group.runs[0].name} (+{len(group.runs) - 1} runs)"
-            group.curve = Curve(group.name, group.curve.trajectory, group.curve.at,
-                                group.curve.losses)  # fmt: skip
+        final = float(np.mean(group.valid_losses)) if group.valid_losses else None
+        group.curve = Curve(group.name, group.curve.trajectory, group.curve.at,
+                            group.curve.losses, final)  # fmt: skip
     return list(groups.values())
 
 
@@ -242,6 +243,7 @@ def save_fit(path: Path, fitted: Fit, scope: Scope, runs: list[str]) -> None:
             "reference_batch": fitted.reference_batch, "scaled": fitted.scaled.tolist(),
             "covariance": fitted.covariance.tolist(),
             "rms_relative_error": fitted.rms_relative_error, "scope": asdict(scope),
+            "validation_offset": fitted.validation_offset,
             "runs": runs}  # fmt: skip
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
@@ -257,7 +259,7 @@ def load_fit(path: Path, law_flag_given: bool, law: str) -> tuple[Fit, Scope]:
         fitted = Fit(saved_law, data["values"], data["reference_batch"],
                      np.array(data["scaled"]), np.array(data["covariance"]),
                      data["rms_relative_error"], scope.batches, scope.peak_lrs,
-                     scope.longest)  # fmt: skip
+                     scope.longest, tuple(data["validation_offset"]))  # fmt: skip
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--fit: {path} is not a fit saved by --save-fit ({error})") from None
     if law_flag_given and law != saved_law.name:
@@ -402,15 +404,20 @@ def run(args: argparse.Namespace) -> int:
         check_target(args, scope, target, warnings.append)
     at = evaluation_steps(target.trajectory, args.every)
     loss, spread = fitted.predict_with_spread(target.trajectory, at)
-    final, final_sd = float(loss[-1]), float(spread[-1])
+    offset, offset_sd, offset_runs = fitted.validation_offset
+    final_train = float(loss[-1])
+    final = final_train + offset
+    final_sd = math.hypot(float(spread[-1]), offset_sd)
     curve = [{"iteration": int(t), "tokens": target.points[t].tokens,
               "samples": target.points[t].samples, "lr": target.points[t - 1].lr,
               "batch": target.points[t].batch, "loss": float(v), "sd": float(s)}
              for t, v, s in zip(at, loss, spread, strict=True)]  # fmt: skip
-    report.update(final_loss=final, final_sd=final_sd, curve=curve, warnings=warnings)
+    report.update(final_loss=final, final_sd=final_sd, final_training_loss=final_train,
+                  validation_offset={"mean": offset, "sd": offset_sd, "runs": offset_runs},
+                  curve=curve, warnings=warnings)  # fmt: skip
     if compared:
-        report["compared"] = compare(compared, target, fitted)
-    emit(args, curve, final, final_sd, report, warnings)
+        report["compared"] = compare(compared, target, fitted, offset)
+    emit(args, curve, report, warnings)
     if args.png is not None:
         plot(args.png, fitted, observed, target, at, loss, spread, compared)
     if args.json is not None:
@@ -430,7 +437,7 @@ def describe_fit(fitted: Fit, scope: Scope, schedules: int) -> str:
     )
 
 
-def emit(args, curve: list[dict], final: float, final_sd: float, report: dict,
+def emit(args, curve: list[dict], report: dict,
          warnings: list[str]) -> None:  # fmt: skip
     for line in warnings:
         print(f"megatron-power predict: note: {line}", file=sys.stderr)
@@ -446,7 +453,15 @@ def emit(args, curve: list[dict], final: float, final_sd: float, report: dict,
         for row in rows:
             print(f"{row['iteration']:>10} {row['tokens']:>14} {row['lr']:>11.4e} "
                   f"{row['batch']:>6} {row['loss']:>8.4f} {row['sd']:>7.4f}")  # fmt: skip
-    print(f"predicted final loss: {final:.4f} ± {final_sd:.4f} (1 sd)")
+    offset = report["validation_offset"]
+    if offset["runs"]:
+        print(f"predicted final validation loss: {report['final_loss']:.4f} ± "
+              f"{report['final_sd']:.4f} (1 sd): the law's training loss "
+              f"{report['final_training_loss']:.4f} + {offset['mean']:.4f} ± {offset['sd']:.4f},"
+              f" where the {offset['runs']} fitted schedules' validation losses sit")  # fmt: skip
+    else:
+        print(f"predicted final loss: {report['final_loss']:.4f} ± {report['final_sd']:.4f} "
+              "(1 sd; training loss: the fitted runs have no final validation loss)")  # fmt: skip
     for item in report.get("compared", []):
         print(f"observed ({item['runs']} runs): final validation loss {item['observed_final']:.4f}"
               f" -> error {item['final_error']:+.2%}; curve error {item['curve_error']:.2%} "
@@ -457,9 +472,11 @@ def emit(args, curve: list[dict], final: float, final_sd: float, report: dict,
               f"flags:\n  {' '.join(best['flags'])}")  # fmt: skip
 
 
-def compare(compared: list[Observed], target: Target, fitted: Fit) -> list[dict]:
-    """The prediction's error on runs of the predicted schedule (checked to be it)."""
-    final = float(fitted.predict(target.trajectory, np.array([target.trajectory.steps]))[0])
+def compare(compared: list[Observed], target: Target, fitted: Fit, offset: float) -> list[dict]:
+    """The prediction's error on runs of the predicted schedule (checked to be it): the
+    final validation loss, and the training-loss curve window by window."""
+    end = np.array([target.trajectory.steps])
+    final = float(fitted.predict(target.trajectory, end)[0]) + offset
     out = []
     for group in compared:
         observed = float(np.mean(group.valid_losses))

@@ -38,8 +38,10 @@ import numpy as np
 
 #: LR drops kept exact; a longer run's drops are merged into this many blocks.
 MAX_DROP_TERMS = 4000
-#: The laws describe a run past its first tenth (the early transient is no power law).
-FIRST_FRACTION = 0.1
+#: A final validation loss weighs as much as this many windows of the curve, squared.
+FINAL_WEIGHT = 3.0
+#: The laws describe a run past its first 30% (the early transient is no power law).
+FIRST_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class Curve:
     trajectory: Trajectory
     at: np.ndarray  # update counts with an observed loss
     losses: np.ndarray
+    final: float | None = None  # the validation loss after the last update, if measured
 
     def windows(
         self, count: int = 40, skip: float = FIRST_FRACTION
@@ -193,6 +196,9 @@ class Fit:
     batches: list[float]
     peak_lrs: list[float]
     longest: int
+    #: final validation loss - the law's loss at the end, over the runs that have one:
+    #: (mean, standard deviation, runs); the validation set's own difficulty
+    validation_offset: tuple[float, float, int] = (0.0, 0.0, 0)
 
     def predict(self, trajectory: Trajectory, at=None) -> np.ndarray:
         at = np.arange(1, trajectory.steps + 1) if at is None else at
@@ -202,21 +208,26 @@ class Fit:
         return window_errors(self.law, self.values, curve.trajectory, curve.windows(),
                              self.reference_batch)  # fmt: skip
 
-    def predict_with_spread(self, trajectory: Trajectory, at, draws: int = 200, seed: int = 0):
-        """(prediction, standard deviation from the parameters' uncertainty): draws from
-        their covariance, the spread read as half the 16-84% range so that a few wild
-        draws of poorly determined parameters do not inflate it."""
+    def predict_with_spread(self, trajectory: Trajectory, at) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, standard deviation): the parameters' covariance carried to the
+        prediction to first order (the delta method, central differences in the fit's
+        scaled parameters)."""
         centre = self.predict(trajectory, at)
         if not np.all(np.isfinite(self.covariance)):
             return centre, np.full_like(centre, np.inf)
-        rng = np.random.default_rng(seed)
-        lows, highs = _bounds(self.law)
-        samples = [
-            predict(self.law, _unscale(self.law, np.clip(draw, lows, highs)), trajectory, at,
-                    self.reference_batch)
-            for draw in rng.multivariate_normal(self.scaled, self.covariance, size=draws)
-        ]  # fmt: skip
-        return centre, np.diff(np.percentile(samples, [16, 84], axis=0), axis=0)[0] / 2
+        gradient = []
+        for i in range(len(self.scaled)):
+            step = 1e-4 * max(1.0, abs(self.scaled[i]))
+            moved = []
+            for sign in (1, -1):
+                shifted = self.scaled.copy()
+                shifted[i] += sign * step
+                moved.append(predict(self.law, _unscale(self.law, shifted), trajectory, at,
+                                     self.reference_batch))  # fmt: skip
+            gradient.append((moved[0] - moved[1]) / (2 * step))
+        gradient = np.array(gradient)  # parameters x points
+        variance = np.einsum("ip,ij,jp->p", gradient, self.covariance, gradient)
+        return centre, np.sqrt(np.maximum(variance, 0.0))
 
 
 def window_errors(
@@ -259,19 +270,27 @@ def fit(law: Law, curves: Sequence[Curve], reference_batch: float | None = None)
     lows, highs = _bounds(law)
     index = {name: i for i, name in enumerate(law.names)}
     windows = [(c, c.windows()) for c in curves]
-    # L0 lies below every loss the law describes (the drops never exceed the plateau).
+    # L0, the floor of an infinitely slow anneal, lies below the losses the law describes;
+    # the bound is the highest window (a noisy low window must not cap it).
     floor = min(m for _, parts in windows for _, m in parts)
-    highs[index["L0"]] = floor
+    highs[index["L0"]] = max(m for _, parts in windows for _, m in parts)
     frozen_nu = len(batches) == 1
     if frozen_nu:  # one batch size: the temperature's batch term cannot be seen
         highs[index["nu"]] = lows[index["nu"]] + 1e-12
 
     def residuals(scaled: np.ndarray, which=None) -> np.ndarray:
         values = _unscale(law, scaled)
-        return np.concatenate([
-            window_errors(law, values, curve.trajectory, parts, reference)
-            for curve, parts in (windows if which is None else which)
-        ])  # fmt: skip
+        used = windows if which is None else which
+        errors = [window_errors(law, values, c.trajectory, parts, reference) for c, parts in used]
+        ends = [(c, c.final, end_loss(law, values, c.trajectory, reference))
+                for c, _ in used if c.final is not None]  # fmt: skip
+        if which is None and ends:
+            # The final validation losses, at the offset that fits them best (the
+            # validation set's own difficulty): the end of a run is what a user predicts.
+            offset = float(np.mean([final - end for _, final, end in ends]))
+            errors.append(np.array([FINAL_WEIGHT * (end + offset - final) / final
+                                    for _, final, end in ends]))  # fmt: skip
+        return np.concatenate(errors)
 
     def solve(start: np.ndarray, which=None, evaluations: int = 1000):
         return least_squares(residuals, start, bounds=(lows, highs), loss="soft_l1",
@@ -296,13 +315,23 @@ def fit(law: Law, curves: Sequence[Curve], reference_batch: float | None = None)
         covariance = sigma2 * np.linalg.pinv(jacobian.T @ jacobian)
     except np.linalg.LinAlgError:  # pragma: no cover - pinv converges for finite input
         covariance = np.full((len(lows), len(lows)), np.inf)
+    values = _unscale(law, best.x)
+    gaps = [c.final - end_loss(law, values, c.trajectory, reference)
+            for c in curves if c.final is not None]  # fmt: skip
+    offset = (float(np.mean(gaps)), float(np.std(gaps, ddof=1)) if len(gaps) > 1 else 0.0,
+              len(gaps))  # fmt: skip
     rms = {}
     for curve, parts in windows:
         r = residuals(best.x, [(curve, parts)])
         rms[curve.name] = float(np.sqrt(np.mean(r**2))) if len(r) else math.nan
-    return Fit(law, _unscale(law, best.x), reference, best.x, covariance, rms, batches,
+    return Fit(law, values, reference, best.x, covariance, rms, batches,
                sorted({c.trajectory.peak_lr for c in curves}),
-               max(c.trajectory.steps for c in curves))  # fmt: skip
+               max(c.trajectory.steps for c in curves), offset)  # fmt: skip
+
+
+def end_loss(law: Law, values: dict[str, float], trajectory: Trajectory, reference: float):
+    """The law's loss after the last update."""
+    return float(predict(law, values, trajectory, np.array([trajectory.steps]), reference)[0])
 
 
 def check_fit_inputs(curves: Sequence[Curve]) -> None:

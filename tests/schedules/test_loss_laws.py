@@ -75,8 +75,11 @@ def annealing_by_the_paper(lrs: np.ndarray, t: int, p: dict) -> float:
     return p["L0"] + plateau + p["A"] * sum(lrs[:t]) ** -p["alpha"] - c * s2
 
 
-@pytest.mark.parametrize("lrs", [wsd(300, 20, 60, 0.01), cosine(300, 20, 0.02),
-                                 wsd(300, 20, 100, 0.005, "cosine")], ids=["wsd", "cosine", "wsd-cos"])  # fmt: skip
+@pytest.mark.parametrize(
+    "lrs",
+    [wsd(300, 20, 60, 0.01), cosine(300, 20, 0.02), wsd(300, 20, 100, 0.005, "cosine")],
+    ids=["wsd", "cosine", "wsd-cos"],
+)
 def test_multi_power_law_is_the_papers_formula(lrs):
     trajectory = Trajectory(lrs, np.full(len(lrs), 8))
     at = np.array([25, 100, 250, 260, 290, 300])
