@@ -39,6 +39,10 @@ class Row:
 
 
 P = ["pretrain", "--run-dir", "new"]
+PREDICT = ["predict", "--fit"]
+#: The fixture run's own budget in Megatron-LM's flags (a constant schedule at 0.01).
+BUDGET = ["--lr", "0.01", "--lr-decay-style", "constant", "--train-iters", "20",
+          "--global-batch-size", "16", "--seq-length", "128"]  # fmt: skip
 RESUME = ["pretrain", "--resume", "run"]
 ROWS = [
     # ------------------------------------------------ pretrain: numbers out of range
@@ -182,6 +186,21 @@ ROWS = [
     Row("import-biased", ["import-hf", "hf", "new"], "DIR: config.json attention_bias=True is not supported", setup='fake hf {"attention_bias":true}'),
     Row("import-no-weights", ["import-hf", "hf", "new"], "DIR: hf has no .safetensors files", setup="fake hf"),
     Row("import-llama", ["import-hf", "hf", "new"], "DIR: model_type 'llama' is not granite or granitemoe", setup='fake hf {"model_type":"llama"}'),
+    # ------------------------------------------------ predict
+    Row("predict-missing-run", [*PREDICT, "missing", *BUDGET], "--fit: missing is not a run directory"),
+    Row("predict-one-schedule", [*PREDICT, "run", *BUDGET], "--fit: the runs hold 1 schedule"),
+    Row("predict-nothing-decays", [*PREDICT, "flat1", "flat2", *BUDGET], "--fit: no run decays its LR", setup="flatten run flat1 flat2"),
+    Row("predict-models-differ", [*PREDICT, "run", "wide", *BUDGET], "--fit: wide and run differ in hidden_size", setup="copyedit run wide hidden_size 256"),
+    Row("predict-seq-length", [*PREDICT, "run", "flat1", *BUDGET[:-1], "32"], "--seq-length 32: the fitted runs use 128", setup="flatten run flat1"),
+    Row("predict-unseen-batch", [*PREDICT, "run", "flat1", "--lr", "0.01", "--train-iters", "20", "--global-batch-size", "64", "--seq-length", "128"], "batch 64 was not in the fit, whose runs all use 16", setup="flatten run flat1"),
+    Row("predict-other-schedule", [*PREDICT, "run", "flat1", "--lr", "0.02", *BUDGET[2:], "--compare", "flat1"], "--compare: flat1 did not follow these flags (iteration 1: LR 0.01, the flags' 0.02)", setup="flatten run flat1"),
+    Row("predict-families", [*PREDICT, "run", *BUDGET, "--optimize", "--families", "wsd,foo"], "--families: 'wsd,foo'; choose from wsd, wsd-s, power"),
+    Row("predict-optimize-with-a-style", [*PREDICT, "run", "flat1", *BUDGET, "--optimize", "--lr-decay-style", "cosine"], "--lr-decay-style: --optimize chooses the schedule", setup="flatten run flat1"),
+    Row("predict-png-exists", [*PREDICT, "run", *BUDGET, "--png", "tiny.txt"], "--png/--json: tiny.txt exists (--force overwrites it)"),
+    Row("predict-save-fit-exists", [*PREDICT, "run", *BUDGET, "--save-fit", "tiny.txt"], "--save-fit: tiny.txt exists"),
+    Row("predict-not-a-fit-file", [*PREDICT, "empty.json", *BUDGET], "--fit: empty.json is not a fit saved by --save-fit", setup="write empty.json {}"),
+    Row("predict-every-zero", [*PREDICT, "run", *BUDGET, "--every", "0"], "--every: must be >= 1, got 0"),
+    Row("predict-unknown-law", [*PREDICT, "run", *BUDGET, "--law", "chinchilla"], "argument --law: invalid choice: 'chinchilla'"),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
     Row("coord-check-one-width", ["coord-check", "--widths", "64"], "--widths: give two or more widths"),
 ]  # fmt: skip
@@ -242,6 +261,19 @@ def prepare(directory: Path, setup: str | None):
         config = json.loads((directory / target / "config.json").read_text())
         config["global_batch_size"] = int(rest[1])
         (directory / target / "config.json").write_text(json.dumps(config))
+    elif verb == "flatten":  # copies of a run whose every step used one LR (0.01, 0.02, ...)
+        for number, name in enumerate((rest and [target, *rest][1:]) or [target], start=1):
+            shutil.copytree(directory / target, directory / name)
+            rows = [json.loads(line) for line in (directory / name / "metrics.jsonl").open()]
+            lines = [json.dumps({**row, "lr": 0.01 * number}) for row in rows]
+            (directory / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    elif verb == "copyedit":  # a copy of a run with one config.json field changed
+        shutil.copytree(directory / target, directory / rest[0])
+        config = json.loads((directory / rest[0] / "config.json").read_text())
+        config[rest[1]] = json.loads(rest[2])
+        (directory / rest[0] / "config.json").write_text(json.dumps(config))
+    elif verb == "write":
+        (directory / target).write_text(" ".join(rest))
     elif verb == "break":
         (directory / target / "config.json").write_text("{ half a file")
     elif verb == "fake":  # a Granite config.json (no weights), fields overridden by JSON
