@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-SEQ, BATCH, STEPS, WARMUP = 32, 8, 240, 10
+SEQ, BATCH, STEPS, WARMUP = 64, 16, 240, 10
 MODEL = ["--num-layers", "2", "--hidden-size", "64", "--head-dim", "16", "--seq-length", str(SEQ)]
 
 
@@ -74,10 +74,12 @@ def test_predicts_a_schedule_it_never_saw(runs):
     observed = json.loads((runs["wsd"] / "summary.json").read_text())["valid_loss"]
     assert compared["observed_final"] == pytest.approx(observed)
     # The trained WSD run's final validation loss, predicted from a constant and a cosine
-    # run: within 1.5% (seeds of this tiny model differ by about 0.5%).
-    assert abs(report["final_loss"] - observed) / observed < 0.015, report["final_loss"]
+    # run of 240 steps: within 2% (measured +1.2%; bench/predict.py measures the laws at a
+    # size where they hold better).
+    assert abs(report["final_loss"] - observed) / observed < 0.02, report["final_loss"]
     assert compared["curve_error"] < 0.02
-    assert "predicted final loss" in result.stdout and (root / "out.png").stat().st_size > 0
+    assert "predicted final validation loss" in result.stdout
+    assert (root / "out.png").stat().st_size > 0
     # Two seeds of the cosine run are one schedule: averaged, not two.
     assert "on 2 schedules" in result.stdout
     # The saved fit predicts the same without refitting.
