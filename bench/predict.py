@@ -133,7 +133,7 @@ HELD_OUT = [
     wsd("WSD exp_e 10% 4x", 0.011, BATCH, 4 * FIT_TOKENS, "exponential_e", 0.1),
 ]
 TUNE_LRS = [0.0055, 0.0078, 0.011, 0.0156, 0.022]
-TUNE_FRACTIONS = [0.1, 0.2, 0.4]
+TUNE_FRACTIONS = [0.1, 0.2, 0.4, 0.6, 0.8]
 TUNE_SHAPES = ["linear", "exponential_e", "minus_sqrt", "cosine"]
 
 
@@ -178,6 +178,7 @@ def run_dirs(work: Path, case: Case, seeds) -> list[Path]:
 
 # ------------------------------------------------------------------------ predicting
 LAW_NAMES = ["multi-power", "annealing"]
+FIT_FROM = [0.1, 0.5]  # besides the default, 0.3
 BUDGET_FLAGS = [f"--lr-warmup-samples {WARMUP_TOKENS // SEQ}", f"--seq-length {SEQ}"]
 
 
@@ -194,14 +195,20 @@ def schedule_flags(case: Case) -> list[str]:
                        f"{batch} {' '.join(BUDGET_FLAGS)}")  # fmt: skip
 
 
-def predict_case(work: Path, law: str, case: Case, seeds, png: bool = False) -> dict:
+def fit_name(law: str, fit_from: float | None) -> str:
+    return law if fit_from is None else f"{law}_from{fit_from}"
+
+
+def predict_case(work: Path, law: str, case: Case, seeds, png: bool = False,
+                 fit_from: float | None = None) -> dict:  # fmt: skip
     """``megatron-power predict`` with the law's saved fit, compared with the case's runs
     (which it checks followed the flags' LR at every step)."""
-    out = work / "predictions" / law / f"{case_dir(work, case).name}.json"
+    name = fit_name(law, fit_from)
+    out = work / "predictions" / name / f"{case_dir(work, case).name}.json"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         extra = ["--png", str(out.with_suffix(".png"))] if png else []
-        cli("predict", "--fit", str(work / f"fit_{law}.json"), *schedule_flags(case),
+        cli("predict", "--fit", str(work / f"fit_{name}.json"), *schedule_flags(case),
             "--compare", *map(str, run_dirs(work, case, seeds)), "--json", str(out), "--force",
             *extra)  # fmt: skip
     report = json.loads(out.read_text())
@@ -213,13 +220,15 @@ def predict_case(work: Path, law: str, case: Case, seeds, png: bool = False) -> 
             "warnings": report["warnings"]}  # fmt: skip
 
 
-def fit_law(work: Path, law: str) -> dict:
-    saved = work / f"fit_{law}.json"
+def fit_law(work: Path, law: str, fit_from: float | None = None) -> dict:
+    name = fit_name(law, fit_from)
+    saved = work / f"fit_{name}.json"
     if not saved.is_file():
         first = HELD_OUT[0]
+        extra = [] if fit_from is None else ["--fit-from", str(fit_from)]
         cli("predict", "--fit", *(str(case_dir(work, c)) for c in FIT), "--law", law,
-            "--save-fit", str(saved), "--png", str(work / f"fit_{law}.png"), "--force",
-            *schedule_flags(first))  # fmt: skip
+            "--save-fit", str(saved), "--png", str(work / f"fit_{name}.png"), "--force",
+            *extra, *schedule_flags(first))  # fmt: skip
     return json.loads(saved.read_text())
 
 
@@ -321,6 +330,13 @@ def evaluate(work: Path, pool: Pool) -> dict:
             "held_out": held, "grid": ranked, "seed_sd": seed_sd,
             "ranking": pairwise_ranking(same_budget + ranked, seed_sd),
         }  # fmt: skip
+    # How much the part of each fitted run the fit reads matters (the default is 0.3).
+    result["fit_from"] = {}
+    for fit_from in FIT_FROM:
+        fit_law(work, "multi-power", fit_from)
+        rows = [predict_case(work, "multi-power", case, SEEDS, fit_from=fit_from)
+                for case in HELD_OUT]  # fmt: skip
+        result["fit_from"][fit_from] = rows
     # The tuned WSD: the grid's best on seed 0, rerun with seeds 1-2.
     best = min(zip(result["laws"]["multi-power"]["grid"], grid, strict=True),
                key=lambda pair: pair[0]["observed"])[1]  # fmt: skip
@@ -386,6 +402,16 @@ def report_markdown(result: dict) -> str:
             + (f" (wrong: {rank['wrong'][:5]})" if rank["wrong"] else "") + ".",
             "",
         ]  # fmt: skip
+    lines += ["## How much of each fitted run the fit reads (`--fit-from`, multi-power law)", "",
+              "| --fit-from | " + " | ".join(c.name for c in HELD_OUT) + " | mean abs | worst |",
+              "|" + " ---: |" * (len(HELD_OUT) + 3)]  # fmt: skip
+    default = result["laws"]["multi-power"]["held_out"]
+    for fit_from, rows in sorted([(0.3, default), *result["fit_from"].items()]):
+        mean, worst = summary(rows, "final_error")
+        lines.append(f"| {fit_from}{' (default)' if fit_from == 0.3 else ''} | "
+                     + " | ".join(f"{r['final_error']:+.2%}" for r in rows)
+                     + f" | {mean:.2%} | {worst:.2%} |")  # fmt: skip
+    lines += [""]
     optimize = result["optimize"]
     finals = optimize["finals"]
     lines += ["## `--optimize` at the budget, trained", "",

@@ -76,6 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="run directories of megatron-power pretrain, sweep directories "
                         "(their finished runs), or one FILE.json of --save-fit")  # fmt: skip
     parser.add_argument("--law", choices=sorted(LAWS), default="multi-power")
+    parser.add_argument("--fit-from", type=float, default=FIRST_FRACTION, metavar="FRACTION",
+                        help="fit each run past this fraction of it (%(default)s)")  # fmt: skip
     parser.add_argument("--save-fit", type=Path, default=None, metavar="FILE.json",
                         help="save the fit (--fit FILE.json reuses it)")  # fmt: skip
     parser.add_argument("--optimize", action="store_true",
@@ -243,7 +245,7 @@ def save_fit(path: Path, fitted: Fit, scope: Scope, runs: list[str]) -> None:
             "reference_batch": fitted.reference_batch, "scaled": fitted.scaled.tolist(),
             "covariance": fitted.covariance.tolist(),
             "rms_relative_error": fitted.rms_relative_error, "scope": asdict(scope),
-            "validation_offset": fitted.validation_offset,
+            "validation_offset": fitted.validation_offset, "fit_from": fitted.fit_from,
             "runs": runs}  # fmt: skip
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
@@ -259,7 +261,8 @@ def load_fit(path: Path, law_flag_given: bool, law: str) -> tuple[Fit, Scope]:
         fitted = Fit(saved_law, data["values"], data["reference_batch"],
                      np.array(data["scaled"]), np.array(data["covariance"]),
                      data["rms_relative_error"], scope.batches, scope.peak_lrs,
-                     scope.longest, tuple(data["validation_offset"]))  # fmt: skip
+                     scope.longest, tuple(data["validation_offset"]),
+                     data["fit_from"])  # fmt: skip
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--fit: {path} is not a fit saved by --save-fit ({error})") from None
     if law_flag_given and law != saved_law.name:
@@ -346,17 +349,19 @@ def check_followed(compared: list[Observed], target: Target) -> None:
 
 
 # ------------------------------------------------------------------ predicting
-def evaluation_steps(trajectory: Trajectory, every: int | None) -> np.ndarray:
+def evaluation_steps(trajectory: Trajectory, every: int | None, fit_from: float) -> np.ndarray:
     """Update counts to predict at: from where the law holds (past warmup and the first
     tenth of the run, as in the fit) every one (or every Nth, at most ~2000), and the end."""
     steps = trajectory.steps
-    first = max(trajectory.warmup_steps + 1, math.ceil(FIRST_FRACTION * steps))
+    first = max(trajectory.warmup_steps + 1, math.ceil(fit_from * steps))
     stride = every or max(1, math.ceil((steps - first) / 2000))
     at = np.arange(first, steps + 1, stride)
     return at if len(at) and at[-1] == steps else np.append(at, steps)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.fit_from < 1:
+        raise ValueError(f"--fit-from: must be in [0, 1), got {args.fit_from}")
     if args.every is not None and args.every < 1:
         raise ValueError(f"--every: must be >= 1, got {args.every}")
     for path in (args.png, args.json):
@@ -388,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
     check_target(args, scope, target, warnings.append, check_lr=not args.optimize)
     check_followed(compared, target)
     if not saved:
-        fitted = fit(LAWS[args.law], [o.curve for o in observed])
+        fitted = fit(LAWS[args.law], [o.curve for o in observed], fit_from=args.fit_from)
         if args.save_fit is not None:
             save_fit(args.save_fit, fitted, scope, [str(p) for o in observed for p in o.runs])
     law = fitted.law
@@ -402,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
         args = best.pop("args")
         target = target_of(args)
         check_target(args, scope, target, warnings.append)
-    at = evaluation_steps(target.trajectory, args.every)
+    at = evaluation_steps(target.trajectory, args.every, fitted.fit_from)
     loss, spread = fitted.predict_with_spread(target.trajectory, at)
     offset, offset_sd, offset_runs = fitted.validation_offset
     final_train = float(loss[-1])
@@ -636,7 +641,7 @@ def plot(path: Path, fitted: Fit, observed: list[Observed], target: Target, at, 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for index, group in enumerate(observed):
         color = f"C{index % 10}"
-        parts = group.curve.windows()
+        parts = group.curve.windows(skip=fitted.fit_from)
         left.plot([p.mean() for p, _ in parts], [m for _, m in parts], "o", ms=3, color=color,
                   label=group.name[:40])  # fmt: skip
         steps = np.arange(1, group.curve.trajectory.steps + 1)
@@ -653,7 +658,7 @@ def plot(path: Path, fitted: Fit, observed: list[Observed], target: Target, at, 
     right.fill_between(at, loss - 2 * spread, loss + 2 * spread, color="grey", alpha=0.3,
                        label="± 2 sd")  # fmt: skip
     for index, group in enumerate(compared):
-        parts = group.curve.windows()
+        parts = group.curve.windows(skip=fitted.fit_from)
         right.plot([p.mean() for p, _ in parts], [m for _, m in parts], "o", ms=3,
                    color=f"C{index}", label=f"observed: {group.name[:40]}")  # fmt: skip
     skip = max(1, int(0.1 * len(at)))

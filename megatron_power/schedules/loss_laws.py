@@ -40,7 +40,8 @@ import numpy as np
 MAX_DROP_TERMS = 4000
 #: A final validation loss weighs as much as this many windows of the curve, squared.
 FINAL_WEIGHT = 3.0
-#: The laws describe a run past its first 30% (the early transient is no power law).
+#: By default a fit reads each run past its first 30% (the early transient is no power
+#: law; bench/predict.py shows the effect of 0.1, 0.3 and 0.5).
 FIRST_FRACTION = 0.3
 
 
@@ -199,14 +200,15 @@ class Fit:
     #: final validation loss - the law's loss at the end, over the runs that have one:
     #: (mean, standard deviation, runs); the validation set's own difficulty
     validation_offset: tuple[float, float, int] = (0.0, 0.0, 0)
+    fit_from: float = FIRST_FRACTION  # the fraction of each run the fit skipped
 
     def predict(self, trajectory: Trajectory, at=None) -> np.ndarray:
         at = np.arange(1, trajectory.steps + 1) if at is None else at
         return predict(self.law, self.values, trajectory, at, self.reference_batch)
 
     def window_errors(self, curve: Curve) -> np.ndarray:
-        return window_errors(self.law, self.values, curve.trajectory, curve.windows(),
-                             self.reference_batch)  # fmt: skip
+        return window_errors(self.law, self.values, curve.trajectory,
+                             curve.windows(skip=self.fit_from), self.reference_batch)  # fmt: skip
 
     def predict_with_spread(self, trajectory: Trajectory, at) -> tuple[np.ndarray, np.ndarray]:
         """(prediction, standard deviation): the parameters' covariance carried to the
@@ -259,7 +261,12 @@ def _unscale(law: Law, scaled: np.ndarray) -> dict[str, float]:
             for (name, _, _, log), v in zip(law.parameters, scaled, strict=True)}  # fmt: skip
 
 
-def fit(law: Law, curves: Sequence[Curve], reference_batch: float | None = None) -> Fit:
+def fit(
+    law: Law,
+    curves: Sequence[Curve],
+    reference_batch: float | None = None,
+    fit_from: float = FIRST_FRACTION,
+) -> Fit:
     """Fit ``law`` to ``curves`` (least squares of the relative error of window means,
     from several starting points). Raises ValueError naming what the runs lack."""
     from scipy.optimize import least_squares
@@ -269,7 +276,9 @@ def fit(law: Law, curves: Sequence[Curve], reference_batch: float | None = None)
     reference = float(reference_batch or batches[0])
     lows, highs = _bounds(law)
     index = {name: i for i, name in enumerate(law.names)}
-    windows = [(c, c.windows()) for c in curves]
+    if not 0 <= fit_from < 1:
+        raise ValueError(f"--fit-from: must be in [0, 1), got {fit_from}")
+    windows = [(c, c.windows(skip=fit_from)) for c in curves]
     # L0, the floor of an infinitely slow anneal, lies below the losses the law describes;
     # the bound is the highest window (a noisy low window must not cap it).
     floor = min(m for _, parts in windows for _, m in parts)
@@ -326,7 +335,7 @@ def fit(law: Law, curves: Sequence[Curve], reference_batch: float | None = None)
         rms[curve.name] = float(np.sqrt(np.mean(r**2))) if len(r) else math.nan
     return Fit(law, values, reference, best.x, covariance, rms, batches,
                sorted({c.trajectory.peak_lr for c in curves}),
-               max(c.trajectory.steps for c in curves), offset)  # fmt: skip
+               max(c.trajectory.steps for c in curves), offset, fit_from)  # fmt: skip
 
 
 def end_loss(law: Law, values: dict[str, float], trajectory: Trajectory, reference: float):
