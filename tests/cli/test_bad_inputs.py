@@ -199,6 +199,7 @@ ROWS = [
     Row("predict-png-exists", [*PREDICT, "run", *BUDGET, "--png", "tiny.txt"], "--png/--json: tiny.txt exists (--force overwrites it)"),
     Row("predict-save-fit-exists", [*PREDICT, "run", *BUDGET, "--save-fit", "tiny.txt"], "--save-fit: tiny.txt exists"),
     Row("predict-not-a-fit-file", [*PREDICT, "empty.json", *BUDGET], "--fit: empty.json is not a fit saved by --save-fit", setup="write empty.json {}"),
+    Row("predict-fit-from-out-of-range", [*PREDICT, "run", *BUDGET, "--fit-from", "1.5"], "--fit-from: must be in [0, 1), got 1.5"),
     Row("predict-every-zero", [*PREDICT, "run", *BUDGET, "--every", "0"], "--every: must be >= 1, got 0"),
     Row("predict-unknown-law", [*PREDICT, "run", *BUDGET, "--law", "chinchilla"], "argument --law: invalid choice: 'chinchilla'"),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
