@@ -402,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
               "fitted_runs": [str(p) for o in observed for p in o.runs]}  # fmt: skip
     print(describe_fit(fitted, scope, len(observed)))
     if args.optimize:
-        best = optimize(args, base, fitted, families, warnings)
+        best = optimize(args, base, fitted, families)
         report["optimized"] = best
         args = best.pop("args")
         target = target_of(args)
@@ -526,7 +526,7 @@ def budget_args(args: argparse.Namespace) -> argparse.Namespace:
     return base
 
 
-def optimize(args, base, fitted: Fit, families: list[str], warnings: list[str]) -> dict:
+def optimize(args, base, fitted: Fit, families: list[str]) -> dict:
     """The family's lowest predicted final loss (Nelder-Mead from the best of a grid, per
     family and decay shape); the LR stays within the fitted runs' peaks unless --lr."""
     from scipy.optimize import minimize
