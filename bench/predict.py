@@ -424,9 +424,15 @@ def report_markdown(result: dict) -> str:
         lines.append(f"| {name} | `--lr {entry['lr']} {entry['flags']}` | "
                      f"{entry['mean']:.4f} ± {entry['sd']:.4f} | "
                      f"{entry['mean'] - finals['optimised']['mean']:+.4f} |")  # fmt: skip
-    beats = all(finals["optimised"]["mean"] <= e["mean"] for e in finals.values())
-    lines += ["", f"The optimised schedule is {'no worse than' if beats else 'WORSE than'} the "
-              "best tuned WSD and the fitted Power (mean of 3 seeds). Its own prediction error: "
+    seed_noise = result["laws"]["multi-power"]["seed_sd"] * math.sqrt(2 / len(SEEDS))
+    verdicts = []
+    for name in ("tuned WSD", "fitted Power"):
+        gap = finals["optimised"]["mean"] - finals[name]["mean"]
+        word = "no worse than" if gap <= 0 else "worse than"
+        noise = abs(gap) / seed_noise
+        verdicts.append(f"{word} {name} by {abs(gap):.4f} ({noise:.1f} x the seed noise of "
+                        "a 3-seed difference)")  # fmt: skip
+    lines += ["", f"The optimised schedule is {'; '.join(verdicts)}. Its own prediction error: "
               f"{optimize['prediction']['final_error']:+.2%}.", ""]  # fmt: skip
     return "\n".join(lines)
 
