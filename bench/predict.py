@@ -1,24 +1,24 @@
 """``megatron-power predict`` validated on runs the fit never saw.
 
-1. fit runs (seed 0): the proxy of bench/quality.py (GPT 64 wide, 2 layers, head_dim 16,
-   seq 64, muP, the Markov source) for 153,600 tokens: constant and cosine at LR 0.01 and
-   batch 8, cosine at 0.005, WSD at 0.02, and constant + WSD at batch 16;
-2. held-out runs (seeds 0-2): other decay shapes and lengths, 2-4x longer horizons, a
-   batch size the fit never saw (12), a step batch-size schedule (8 -> 16), WSD-S cycles,
-   Power with its tail (the flags bench/quality.py fitted), a peak LR not in the fit;
-3. ``megatron-power predict --fit`` (each law) predicts every held-out schedule from the
-   same Megatron-LM flags a user would give; the predicted LR sequence must equal the one
-   the run logged. Reported: relative error of the final loss (validation loss, mean of
-   3 seeds) and of the curve (train loss, 3 seeds averaged and smoothed over windows),
-   and the ranking of the held-out schedules of one budget;
-4. ``megatron-power predict --optimize`` at 307,200 tokens, batch 8: the proposal is
-   trained (3 seeds) beside WSD tuned in that cell (LR x decay length x shape, best of
-   seed 0 rerun with seeds 1-2) and the fitted Power.
+1. fit runs (seeds 0-2): the proxy of bench/quality.py (GPT 64 wide, 2 layers, head_dim 16,
+   seq 64, muP, the Markov source) for 614,400 tokens (300 steps of batch 32): constant and
+   cosine at LR 0.011, cosine at 0.022, WSD at 0.0055, and constant + WSD at batch 16;
+2. held-out runs (seeds 0-2): other decay shapes and lengths, 2x and 4x the horizon, a
+   batch size the fit never saw (24), a step batch-size schedule (16 -> 32), WSD-S cycles,
+   Power with its tail (the flags bench/quality.py fitted), a peak LR not in the fit; and
+   a WSD grid at 2x (LR x decay length 10-80% x shape, seed 0);
+3. ``megatron-power predict`` (each law, a fit saved once with --save-fit) predicts every
+   one from the Megatron-LM flags a user would give, with ``--compare`` (which checks that
+   the runs followed those flags' LR at every step). Reported: the relative error of the
+   final validation loss (mean of the seeds) and of the training-loss curve (windows),
+   the ranking of all schedules at 2x, and the same errors at --fit-from 0.1 and 0.5;
+4. ``megatron-power predict --optimize`` at 2x: the proposal is trained (3 seeds) beside
+   the grid's best WSD (seed 0's best, rerun with seeds 1-2) and the fitted Power.
 
 Every run is recorded in --work-dir and reused, so an interrupted benchmark continues
 where it stopped. Prints a table and writes bench/results/predict.{md,json,png}.
 
-    python bench/predict.py            # ~35 min on 2 cores
+    python bench/predict.py            # ~75 min on 2 cores (~200 runs, ~250 predictions)
 """
 
 from __future__ import annotations
