@@ -47,6 +47,7 @@ from ..schedules.loss_laws import (
     Curve,
     Fit,
     Trajectory,
+    check_fit_from,
     check_fit_inputs,
     fit,
 )
@@ -260,8 +261,7 @@ def load_fit(path: Path, law_flag_given: bool, law: str) -> tuple[Fit, Scope]:
         saved_law = LAWS[data["law"]]
         fitted = Fit(saved_law, data["values"], data["reference_batch"],
                      np.array(data["scaled"]), np.array(data["covariance"]),
-                     data["rms_relative_error"], scope.batches, scope.peak_lrs,
-                     scope.longest, tuple(data["validation_offset"]),
+                     data["rms_relative_error"], tuple(data["validation_offset"]),
                      data["fit_from"])  # fmt: skip
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--fit: {path} is not a fit saved by --save-fit ({error})") from None
@@ -350,8 +350,8 @@ def check_followed(compared: list[Observed], target: Target) -> None:
 
 # ------------------------------------------------------------------ predicting
 def evaluation_steps(trajectory: Trajectory, every: int | None, fit_from: float) -> np.ndarray:
-    """Update counts to predict at: from where the law holds (past warmup and the first
-    tenth of the run, as in the fit) every one (or every Nth, at most ~2000), and the end."""
+    """Update counts to predict at: from where the law holds (past warmup and the fraction
+    of the run the fit skipped) every one (or every Nth, at most ~2000), and the end."""
     steps = trajectory.steps
     first = max(trajectory.warmup_steps + 1, math.ceil(fit_from * steps))
     stride = every or max(1, math.ceil((steps - first) / 2000))
@@ -360,8 +360,7 @@ def evaluation_steps(trajectory: Trajectory, every: int | None, fit_from: float)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 <= args.fit_from < 1:
-        raise ValueError(f"--fit-from: must be in [0, 1), got {args.fit_from}")
+    check_fit_from(args.fit_from)
     if args.every is not None and args.every < 1:
         raise ValueError(f"--every: must be >= 1, got {args.every}")
     for path in (args.png, args.json):
@@ -402,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
               "fitted_runs": [str(p) for o in observed for p in o.runs]}  # fmt: skip
     print(describe_fit(fitted, scope, len(observed)))
     if args.optimize:
-        best = optimize(args, base, fitted, families)
+        best = optimize(args, base, fitted, scope, families)
         report["optimized"] = best
         args = best.pop("args")
         target = target_of(args)
@@ -526,7 +525,7 @@ def budget_args(args: argparse.Namespace) -> argparse.Namespace:
     return base
 
 
-def optimize(args, base, fitted: Fit, families: list[str]) -> dict:
+def optimize(args, base, fitted: Fit, scope: Scope, families: list[str]) -> dict:
     """The family's lowest predicted final loss (Nelder-Mead from the best of a grid, per
     family and decay shape); the LR stays within the fitted runs' peaks unless --lr."""
     from scipy.optimize import minimize
@@ -535,7 +534,7 @@ def optimize(args, base, fitted: Fit, families: list[str]) -> dict:
     batch_at = batch_schedule_from_args(copy.copy(base))
     first = batch_at(0)
     fixed_lr = args.lr
-    lr_low, lr_high = min(fitted.peak_lrs), max(fitted.peak_lrs)
+    lr_low, lr_high = min(scope.peak_lrs), max(scope.peak_lrs)
     seq = base.seq_length
 
     def lr_of(u: float) -> float:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,17 +94,24 @@ class Law:
     citation: str
     parameters: tuple[tuple[str, float, float, bool], ...]
     starts: tuple[dict[str, float], ...]
+    #: (values, the LR after each drop, the LR area since it, the steps since it) -> how
+    #: much of each LR drop's loss reduction has arrived (0 to 1)
+    gain: Callable[..., np.ndarray]
 
     @property
     def names(self) -> list[str]:
         return [name for name, *_ in self.parameters]
 
-    def gain(self, values: dict[str, float], drop_lrs, areas, steps_since) -> np.ndarray:
-        """How much of each LR drop's loss reduction has arrived (0 to 1)."""
-        if self.name == "multi-power":
-            x = np.power(np.maximum(drop_lrs, 1e-30), -values["gamma"]) * areas
-            return 1.0 - np.power(values["C"] * x + 1.0, -values["beta"])
-        return 1.0 - np.power(values["lambda"], steps_since)
+
+def multi_power_gain(values: dict[str, float], drop_lrs, areas, steps_since) -> np.ndarray:
+    """G(eta_k^-gamma S_k(t)) = 1 - (C x + 1)^-beta."""
+    x = np.power(np.maximum(drop_lrs, 1e-30), -values["gamma"]) * areas
+    return 1.0 - np.power(values["C"] * x + 1.0, -values["beta"])
+
+
+def annealing_gain(values: dict[str, float], drop_lrs, areas, steps_since) -> np.ndarray:
+    """1 - lambda^(steps since the drop): the momentum recursion's sum, normalised."""
+    return 1.0 - np.power(values["lambda"], steps_since)
 
 
 MULTI_POWER = Law(
@@ -117,6 +124,7 @@ MULTI_POWER = Law(
     tuple({"alpha": alpha, "beta": beta, "gamma": gamma, "C": c}
           for alpha in (0.3, 0.6) for beta, gamma in ((0.5, 0.5), (1.5, 0.3))
           for c in (1.0, 100.0)),
+    multi_power_gain,
 )  # fmt: skip
 ANNEALING = Law(
     "annealing",
@@ -124,6 +132,7 @@ ANNEALING = Law(
     (("L0", 0.0, math.inf, False), ("A", 1e-6, 1e6, True), ("alpha", 0.01, 3.0, False),
      ("B", 1e-4, 1e5, True), ("lambda", 0.5, 0.99999, False), ("nu", 0.0, 2.0, False)),
     tuple({"alpha": alpha, "lambda": lam} for alpha in (0.3, 0.6) for lam in (0.99, 0.999)),
+    annealing_gain,
 )  # fmt: skip
 LAWS = {law.name: law for law in (MULTI_POWER, ANNEALING)}
 
@@ -194,9 +203,6 @@ class Fit:
     scaled: np.ndarray
     covariance: np.ndarray
     rms_relative_error: dict[str, float]
-    batches: list[float]
-    peak_lrs: list[float]
-    longest: int
     #: final validation loss - the law's loss at the end, over the runs that have one:
     #: (mean, standard deviation, runs); the validation set's own difficulty
     validation_offset: tuple[float, float, int] = (0.0, 0.0, 0)
@@ -276,8 +282,7 @@ def fit(
     reference = float(reference_batch or batches[0])
     lows, highs = _bounds(law)
     index = {name: i for i, name in enumerate(law.names)}
-    if not 0 <= fit_from < 1:
-        raise ValueError(f"--fit-from: must be in [0, 1), got {fit_from}")
+    check_fit_from(fit_from)
     windows = [(c, c.windows(skip=fit_from)) for c in curves]
     # L0, the floor of an infinitely slow anneal, lies below the losses the law describes;
     # the bound is the highest window (a noisy low window must not cap it).
@@ -333,14 +338,17 @@ def fit(
     for curve, parts in windows:
         r = residuals(best.x, [(curve, parts)])
         rms[curve.name] = float(np.sqrt(np.mean(r**2))) if len(r) else math.nan
-    return Fit(law, values, reference, best.x, covariance, rms, batches,
-               sorted({c.trajectory.peak_lr for c in curves}),
-               max(c.trajectory.steps for c in curves), offset, fit_from)  # fmt: skip
+    return Fit(law, values, reference, best.x, covariance, rms, offset, fit_from)
 
 
 def end_loss(law: Law, values: dict[str, float], trajectory: Trajectory, reference: float):
     """The law's loss after the last update."""
     return float(predict(law, values, trajectory, np.array([trajectory.steps]), reference)[0])
+
+
+def check_fit_from(fit_from: float) -> None:
+    if not 0 <= fit_from < 1:
+        raise ValueError(f"--fit-from: must be in [0, 1), got {fit_from}")
 
 
 def check_fit_inputs(curves: Sequence[Curve]) -> None:
