@@ -179,7 +179,7 @@ def run_dirs(work: Path, case: Case, seeds) -> list[Path]:
 # ------------------------------------------------------------------------ predicting
 LAW_NAMES = ["multi-power", "annealing"]
 FIT_FROM = [0.1, 0.5]  # besides the default, 0.3
-BUDGET_FLAGS = [f"--lr-warmup-samples {WARMUP_TOKENS // SEQ}", f"--seq-length {SEQ}"]
+BUDGET_FLAGS = ["--lr-warmup-samples", str(WARMUP_TOKENS // SEQ), "--seq-length", str(SEQ)]
 
 
 def cli(*argv: str) -> None:
@@ -271,13 +271,13 @@ def pretrain_flags(megatron: list[str]) -> str:
     return " ".join(out)
 
 
-def proposal(work: Path, pool: Pool) -> tuple[Case, dict]:
+def proposal(work: Path) -> tuple[Case, dict]:
     """``--optimize`` at the budget with the multi-power fit, as a trainable case."""
     out = work / "optimize.json"
     if not out.is_file():
         cli("predict", "--fit", str(work / "fit_multi-power.json"), "--optimize",
             "--train-samples", str(BUDGET // SEQ), "--global-batch-size", str(BATCH),
-            *shlex.split(" ".join(BUDGET_FLAGS)), "--json", str(out), "--force")  # fmt: skip
+            *BUDGET_FLAGS, "--json", str(out), "--force")  # fmt: skip
     report = json.loads(out.read_text())
     flags = report["optimized"]["flags"]
     lr = float(flags[flags.index("--lr") + 1])
@@ -340,7 +340,7 @@ def evaluate(work: Path, pool: Pool) -> dict:
     # The tuned WSD: the grid's best on seed 0, rerun with seeds 1-2.
     best = min(zip(result["laws"]["multi-power"]["grid"], grid, strict=True),
                key=lambda pair: pair[0]["observed"])[1]  # fmt: skip
-    case, report = proposal(work, pool)
+    case, report = proposal(work)
     train(work, [best, case], SEEDS, pool, "tuned WSD and the proposal, 3 seeds")
     power_case = next(c for c in HELD_OUT if c.name.startswith("Power"))
     finals = {}
