@@ -14,7 +14,16 @@ from ..errors import TrainingDiverged
 
 notices.quiet()
 
-from . import coord_check, hf, mup_audit, predict, pretrain, schedule, sweep  # noqa: E402
+from . import (  # noqa: E402
+    coord_check,
+    evaluate,
+    hf,
+    mup_audit,
+    predict,
+    pretrain,
+    schedule,
+    sweep,
+)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -35,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     mup_audit.add_parser(subparsers)
     schedule.add_parser(subparsers)
     predict.add_parser(subparsers)
+    evaluate.add_parser(subparsers)
     sweep.add_parsers(subparsers)
     hf.add_parsers(subparsers)
     for command in subparsers.choices.values():

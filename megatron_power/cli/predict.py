@@ -52,7 +52,7 @@ from ..schedules.loss_laws import (
     fit,
 )
 from ..schedules.power import PowerLaw
-from ..training.rundir import RunDir
+from ..training.rundir import RunDir, finished_runs
 from .schedule import SchedulePoint, simulate
 
 #: config.json fields that belong to one run, not to the model and data a law describes.
@@ -118,32 +118,16 @@ class Observed:
     config: dict
     valid_losses: list[float] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)
-
-
-def run_directories(paths: list[Path], flag: str) -> list[Path]:
-    """Run directories named directly or through a sweep directory's runs/."""
-    found = []
-    for path in paths:
-        if (path / "config.json").is_file() and (path / "metrics.jsonl").is_file():
-            found.append(path)
-        elif (path / "sweep.json").is_file():
-            finished = sorted(p for p in (path / "runs").glob("*") if RunDir(p).summary.is_file())
-            if not finished:
-                raise ValueError(f"{flag}: {path} is a sweep directory with no finished run")
-            found += finished
-        else:
-            raise ValueError(
-                f"{flag}: {path} is not a run directory (config.json + metrics.jsonl of "
-                "megatron-power pretrain) or a sweep directory"
-            )
-    return found
+    #: the sequences its final losses were measured on (None: not recorded, older runs)
+    valid_set: dict | None = None
 
 
 def read_run(
     path: Path, flag: str
-) -> tuple[Trajectory, np.ndarray, np.ndarray, dict, float | None]:
-    """(trajectory, update counts, losses, config, final validation loss) of one run.
-    Row i of metrics.jsonl is update i: its LR and batch, and the loss before it."""
+) -> tuple[Trajectory, np.ndarray, np.ndarray, dict, float | None, dict | None]:
+    """(trajectory, update counts, losses, config, final validation loss, its validation
+    set) of one run. Row i of metrics.jsonl is update i: its LR and batch, and the loss
+    before it."""
     run = RunDir(path)
     try:
         config = json.loads(run.config.read_text())
@@ -160,13 +144,13 @@ def read_run(
     losses = np.array([row["loss"] for row in rows], dtype=float)
     if not np.all(np.isfinite(losses)):
         raise ValueError(f"{flag}: {path}: a logged loss is not finite (the run diverged)")
-    valid = None
+    valid = valid_set = None
     if run.summary.is_file():
         summary = json.loads(run.summary.read_text())
         if summary.get("iterations") == len(rows):
-            valid = summary.get("valid_loss")
+            valid, valid_set = summary.get("valid_loss"), summary.get("valid_set")
     at = np.arange(len(rows))  # the loss of row i was computed after i - 1 updates
-    return Trajectory(lrs, batches), at, losses, config, valid
+    return Trajectory(lrs, batches), at, losses, config, valid, valid_set
 
 
 def model_of(config: dict) -> dict:
@@ -178,10 +162,15 @@ def read_runs(
     paths: list[Path], flag: str = "--fit", reference: tuple[str, dict] | None = None
 ) -> list[Observed]:
     """Every run, those with the same LR and batch sequence (seeds) averaged into one;
-    all of one model and data (``reference``'s, when given: the fit's)."""
+    all of one model and data (``reference``'s, when given: the fit's), their final losses
+    measured on one validation set."""
     groups: dict[tuple, Observed] = {}
-    for path in run_directories(paths, flag):
-        trajectory, at, losses, config, valid = read_run(path, flag)
+    valid_sets: dict[str, Path] = {}  # each validation set seen: its first run
+    for path in finished_runs(paths, flag):
+        trajectory, at, losses, config, valid, valid_set = read_run(path, flag)
+        if valid is not None:
+            valid_sets.setdefault(json.dumps(valid_set, sort_keys=True), path)
+            check_one_validation_set(valid_sets, flag)
         model = model_of(config)
         if reference is None:
             reference = (str(path), model)
@@ -207,7 +196,9 @@ def read_runs(
         group.runs.append(path)
         if valid is not None:
             group.valid_losses.append(valid)
+    valid_set = json.loads(next(iter(valid_sets))) if valid_sets else None
     for group in groups.values():
+        group.valid_set = valid_set
         if len(group.runs) > 1:
             group.name = f"{group.runs[0].name} (+{len(group.runs) - 1} runs)"
         final = float(np.mean(group.valid_losses)) if group.valid_losses else None
@@ -216,15 +207,42 @@ def read_runs(
     return list(groups.values())
 
 
+def check_one_validation_set(valid_sets: dict[str, Path], flag: str) -> None:
+    """Final losses measured on different sequences differ by the sequences' own
+    difficulty (~0.5% between two sets of 16k tokens): no law can predict that."""
+    if len(valid_sets) > 1:
+        (one, first), (other, second) = list(valid_sets.items())[:2]
+        raise ValueError(
+            f"{flag}: {first} and {second} were evaluated on different validation sets "
+            f"({describe_valid_set(one)} vs {describe_valid_set(other)}), so their final "
+            "losses do not compare; `megatron-power evaluate RUNS` evaluates each on its "
+            "data's fixed validation set"
+        )
+
+
+def describe_valid_set(key: str) -> str:
+    found = json.loads(key)
+    return "not recorded" if found is None else f"{found['sequences']} sequences {found['sha256']}"
+
+
+UNRECORDED_VALID_SET = (
+    "the runs do not record their validation set (trained before pretrain fixed it): runs "
+    "of other lengths or seeds were evaluated on other sequences, which moves a final loss "
+    "by ~0.5%; `megatron-power evaluate RUNS` evaluates them on one set"
+)
+
+
 @dataclass(frozen=True)
 class Scope:
-    """What a fit has seen: the sequence length, batch sizes, peak LRs, longest run."""
+    """What a fit has seen: the sequence length, batch sizes, peak LRs, longest run, and
+    the validation set of its final losses."""
 
     seq_length: int
     batches: list[float]
     peak_lrs: list[float]
     longest: int
     model: dict
+    valid_set: dict | None = None
 
     @classmethod
     def of(cls, observed: list[Observed]) -> Scope:
@@ -234,6 +252,7 @@ class Scope:
             peak_lrs=sorted({o.curve.trajectory.peak_lr for o in observed}),
             longest=max(o.curve.trajectory.steps for o in observed),
             model=model_of(observed[0].config),
+            valid_set=observed[0].valid_set,
         )
 
 
@@ -384,11 +403,17 @@ def run(args: argparse.Namespace) -> int:
         check_fit_inputs([o.curve for o in observed])
         scope = Scope.of(observed)
     compared = []
+    warnings: list[str] = []
     if args.compare:
         compared = read_runs(args.compare, "--compare", (f"the fit ({args.fit[0]})", scope.model))
+        if any(o.valid_losses for o in compared):
+            sets = {json.dumps(scope.valid_set, sort_keys=True): Path(f"the fit ({args.fit[0]})")}
+            sets.setdefault(json.dumps(compared[0].valid_set, sort_keys=True), compared[0].runs[0])
+            check_one_validation_set(sets, "--compare")
+    if scope.valid_set is None:
+        warnings.append(UNRECORDED_VALID_SET)
     base = budget_args(args) if args.optimize else args
     target = target_of(base)
-    warnings: list[str] = []
     check_target(args, scope, target, warnings.append, check_lr=not args.optimize)
     check_followed(compared, target)
     if not saved:

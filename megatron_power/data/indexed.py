@@ -69,9 +69,16 @@ def check_enough_tokens(prefix: Path, seq_length: int) -> None:
 
 
 def build_gpt_datasets(
-    prefix: Path, seq_length: int, train_samples: int, valid_samples: int, seed: int, meta: dict
+    prefix: Path,
+    seq_length: int,
+    train_samples: int,
+    valid_samples: int,
+    seed: int,
+    meta: dict,
+    split: str = SPLIT,
 ):
-    """(train, valid) GPTDatasets through megatron.core.datasets' own builder."""
+    """(train, valid) GPTDatasets through megatron.core.datasets' own builder (a split
+    with no training part gives train None)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import (
         BlendedMegatronDatasetBuilder,
     )
@@ -81,7 +88,7 @@ def build_gpt_datasets(
         random_seed=seed,
         sequence_length=seq_length,
         blend=([str(prefix)], None),
-        split=SPLIT,
+        split=split,
         path_to_cache=str(Path(prefix).parent / "cache"),
         tokenizer=PlainTokenizer(meta["vocab_size"], meta["eod"]),
         reset_position_ids=False,

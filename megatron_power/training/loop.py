@@ -15,17 +15,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..data.indexed import build_gpt_datasets, check_enough_tokens
+from ..data.indexed import check_enough_tokens
 from ..errors import TrainingDiverged
+from ..files import atomic_write_text
 from .checkpoint import load_checkpoint, resume, save_checkpoint
 from .config import PretrainConfig
-from .data import data_prefix, get_batch, prepare_data
+from .data import build_datasets, data_prefix, get_batch, prepare_data, valid_sequences
 from .distributed import init_distributed
 from .metrics import Progress
 from .model import build_model, run_vocabulary, runs_sequence_parallel
 from .optimizer import build_optimizer
 from .rundir import RunDir
-from .step import average_gradients, clip_gradients, evaluate, forward_loss
+from .step import average_gradients, clip_gradients, evaluate, evaluated_set, forward_loss
 
 
 def stop_if_diverged(loss: torch.Tensor, iteration: int, run: RunDir) -> None:
@@ -63,9 +64,7 @@ def train(
             )
     # One epoch of each split, whatever the run's length: sample i is the same sequence
     # for a run, its resumption and its branches (the loop wraps around past an epoch).
-    train_set, valid_set = build_gpt_datasets(
-        data_prefix(config), config.seq_length, 1, 1, config.seed, meta
-    )
+    train_set, valid_set = build_datasets(config, meta)
     model, mup = build_model(config, run_vocabulary(config, meta), device)
     optimizer, scheduler = build_optimizer(config, model, mup, override_schedule)
 
@@ -109,23 +108,71 @@ def train(
                 progress.stopped(iteration)
             return {"stopped_at": iteration}
 
-    eval_samples = min(max(dp_size, config.eval_tokens // config.seq_length), len(valid_set))
-    valid_loss = evaluate(model, valid_set, eval_samples, dp_rank, dp_size, device)
-    summary = {
-        "final_lr": optimizer.param_groups[0]["lr"],
-        "iterations": config.train_iters,
-        "tokens": config.tokens_after(config.train_iters),
-        "valid_loss": valid_loss,
-        "entropy_rate": meta.get("entropy_rate"),
-        "unigram_entropy": meta.get("unigram_entropy"),
-    }
+    summary = final_evaluation(config, model, valid_set, meta, device)
+    summary["final_lr"] = optimizer.param_groups[0]["lr"]
     if progress is not None:
         progress.finished(summary)
         # Megatron-LM's own evaluation line, so sweeps read pretrain and Megatron-LM alike.
         print(
             f" validation loss at iteration {config.train_iters} on validation set | "
-            f"lm loss value: {valid_loss:.6E} | lm loss PPL: {math.exp(valid_loss):.6E} |"
+            f"lm loss value: {summary['valid_loss']:.6E} | "
+            f"lm loss PPL: {math.exp(summary['valid_loss']):.6E} |"
         )
-        print(f"validation loss {valid_loss:.4f} nats/token; run directory {run.path}")
+        print(f"validation loss {summary['valid_loss']:.4f} nats/token; run directory {run.path}")
     dist.barrier()
+    return summary
+
+
+def final_evaluation(config: PretrainConfig, model, valid_set, meta: dict, device) -> dict:
+    """The run's summary: its validation loss on the data set's fixed validation set,
+    and which sequences those were."""
+    from megatron.core import parallel_state
+
+    dp_size = parallel_state.get_data_parallel_world_size()
+    samples = min(max(dp_size, valid_sequences(config)), len(valid_set))
+    valid_loss = evaluate(model, valid_set, samples, parallel_state.get_data_parallel_rank(),
+                          dp_size, device)  # fmt: skip
+    return {
+        "iterations": config.train_iters,
+        "tokens": config.tokens_after(config.train_iters),
+        "valid_loss": valid_loss,
+        "valid_set": evaluated_set(valid_set, samples, dp_size, config.seq_length),
+        "entropy_rate": meta.get("entropy_rate"),
+        "unigram_entropy": meta.get("unigram_entropy"),
+    }
+
+
+def evaluate_finished(config: PretrainConfig) -> dict[str, Any]:
+    """Evaluate a finished run's final checkpoint on its data set's fixed validation set
+    (``megatron-power evaluate``): summary.json gets the new loss, and keeps the earlier
+    one under ``earlier_evaluations`` when the set differed."""
+    import json
+
+    from megatron.core import parallel_state
+
+    device = init_distributed(config)
+    run = RunDir(config.run_dir)
+    meta = prepare_data(config, run.path)
+    _, valid_set = build_datasets(config, meta)
+    model, mup = build_model(config, run_vocabulary(config, meta), device)
+    optimizer, scheduler = build_optimizer(config, model, mup, False)
+    iteration = resume(run, model, optimizer, scheduler)
+    if iteration != config.train_iters:
+        raise ValueError(
+            f"{run.path}: its newest checkpoint is iteration {iteration} of "
+            f"{config.train_iters}; finish it first (megatron-power pretrain --resume {run.path})"
+        )
+    summary = final_evaluation(config, model, valid_set, meta, device)
+    if dist.get_rank() == 0:
+        earlier = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
+        summary["final_lr"] = earlier.get("final_lr", optimizer.param_groups[0]["lr"])
+        history = list(earlier.get("earlier_evaluations", []))
+        if "valid_loss" in earlier and earlier.get("valid_set") != summary["valid_set"]:
+            history.append({"valid_loss": earlier["valid_loss"],
+                            "valid_set": earlier.get("valid_set", "not recorded")})  # fmt: skip
+        if history:
+            summary["earlier_evaluations"] = history
+        atomic_write_text(run.summary, json.dumps(summary, indent=2) + "\n")
+    dist.barrier()
+    parallel_state.destroy_model_parallel()
     return summary

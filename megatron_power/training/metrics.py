@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from ..files import atomic_write_text
 from .config import PretrainConfig
 from .rundir import RunDir
 
@@ -61,5 +62,5 @@ class Progress:
         from .plots import plot_run
 
         self.bar.close()
-        self.run.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
         plot_run(self.run.metrics, self.run.plot, floor=self.floor)

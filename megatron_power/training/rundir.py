@@ -4,6 +4,7 @@ rank files, and the Megatron-LM release layout that ``import-hf`` writes.
 A run directory::
 
     config.json  metrics.jsonl  summary.json  loss_lr.png  data/tokens.{bin,idx,json}
+    data/valid.{bin,idx,json}           the synthetic source's fixed validation tokens
     checkpoints/latest                  the newest iteration, written last
     checkpoints/iter_0000050/rank000.pt one file per rank (model, optimizer, scheduler, RNG)
     checkpoints/iter_0000050/config.json the configuration it was trained with
@@ -163,3 +164,23 @@ def megatron_lm_release_file(root: Path, tp_rank: int, ep_rank: int, ep_size: in
 def megatron_lm_tracker(root: Path) -> Path:
     """Megatron-LM's pointer to the checkpoint to load (holds ``release`` here)."""
     return Path(root) / "latest_checkpointed_iteration.txt"
+
+
+def finished_runs(paths: list[Path], flag: str) -> list[Path]:
+    """Run directories named directly or through a sweep directory's runs/ (there, the
+    finished ones)."""
+    found = []
+    for path in map(Path, paths):
+        if (path / CONFIG_NAME).is_file() and RunDir(path).metrics.is_file():
+            found.append(path)
+        elif (path / "sweep.json").is_file():
+            finished = sorted(p for p in (path / "runs").glob("*") if RunDir(p).summary.is_file())
+            if not finished:
+                raise ValueError(f"{flag}: {path} is a sweep directory with no finished run")
+            found += finished
+        else:
+            raise ValueError(
+                f"{flag}: {path} is not a run directory (config.json + metrics.jsonl of "
+                "megatron-power pretrain) or a sweep directory"
+            )
+    return found

@@ -6,8 +6,11 @@ GPU (nccl).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -80,6 +83,19 @@ def clip_gradients(model, max_norm: float) -> float:
 
 
 @torch.no_grad()
+def evaluated_set(dataset, samples: int, dp_size: int, seq_length: int) -> dict[str, Any]:
+    """What :func:`evaluate` reads, named by its content (sha256 of the sequences' tokens
+    and labels): two runs' losses compare only when these are equal."""
+    per_rank = max(1, samples // dp_size)
+    digest = hashlib.sha256()
+    for index in range(per_rank * dp_size):
+        sample = dataset[index % len(dataset)]
+        for key in ("tokens", "labels"):
+            digest.update(np.asarray(sample[key], dtype=np.int64).tobytes())
+    return {"sequences": per_rank * dp_size, "seq_length": seq_length,
+            "sha256": digest.hexdigest()[:16]}  # fmt: skip
+
+
 def evaluate(model, dataset, samples: int, dp_rank: int, dp_size: int, device) -> float:
     from megatron.core import parallel_state
 

@@ -1,5 +1,5 @@
 """Entry for torchrun: ``python -m megatron_power.training.worker CONFIG
-[--init-from CHECKPOINT] [--override-schedule]``."""
+[--init-from CHECKPOINT] [--override-schedule] [--evaluate]``."""
 
 from __future__ import annotations
 
@@ -16,16 +16,20 @@ def main() -> None:
 
     from ..errors import TrainingDiverged
     from .config import PretrainConfig
-    from .loop import train
+    from .loop import evaluate_finished, train
 
     parser = argparse.ArgumentParser()
     parser.add_argument("config", type=Path)
     parser.add_argument("--init-from", type=Path, default=None)
     parser.add_argument("--override-schedule", action="store_true")
+    parser.add_argument("--evaluate", action="store_true", help="the finished run's final loss")
     args = parser.parse_args()
     config = PretrainConfig.load(args.config)
     try:
-        train(config, args.init_from, override_schedule=args.override_schedule)
+        if args.evaluate:
+            evaluate_finished(config)
+        else:
+            train(config, args.init_from, override_schedule=args.override_schedule)
     except (TrainingDiverged, ValueError) as error:  # one line, not a traceback per rank
         if dist.get_rank() == 0:
             word = "stopped" if isinstance(error, TrainingDiverged) else "error"

@@ -201,6 +201,10 @@ ROWS = [
     Row("predict-not-a-fit-file", [*PREDICT, "empty.json", *BUDGET], "--fit: empty.json is not a fit saved by --save-fit", setup="write empty.json {}"),
     Row("predict-fit-from-out-of-range", [*PREDICT, "run", *BUDGET, "--fit-from", "1.5"], "--fit-from: must be in [0, 1), got 1.5"),
     Row("predict-every-zero", [*PREDICT, "run", *BUDGET, "--every", "0"], "--every: must be >= 1, got 0"),
+    Row("predict-validation-sets-differ", [*PREDICT, "run", "flat1", *BUDGET], "--fit: run and flat1 were evaluated on different validation sets", setup="flatten run flat1 revalidate"),
+    # ------------------------------------------------ evaluate
+    Row("evaluate-missing-run", ["evaluate", "missing"], "RUN: missing is not a run directory"),
+    Row("evaluate-unfinished-run", ["evaluate", "run", "half"], "RUN: half has not finished (no summary.json)", setup="unfinish run half"),
     Row("predict-unknown-law", [*PREDICT, "run", *BUDGET, "--law", "chinchilla"], "argument --law: invalid choice: 'chinchilla'"),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
     Row("coord-check-one-width", ["coord-check", "--widths", "64"], "--widths: give two or more widths"),
@@ -263,11 +267,20 @@ def prepare(directory: Path, setup: str | None):
         config["global_batch_size"] = int(rest[1])
         (directory / target / "config.json").write_text(json.dumps(config))
     elif verb == "flatten":  # copies of a run whose every step used one LR (0.01, 0.02, ...)
+        revalidate = rest[-1:] == ["revalidate"]  # the copies evaluated on another set
+        rest = rest[:-1] if revalidate else rest
         for number, name in enumerate((rest and [target, *rest][1:]) or [target], start=1):
             shutil.copytree(directory / target, directory / name)
             rows = [json.loads(line) for line in (directory / name / "metrics.jsonl").open()]
             lines = [json.dumps({**row, "lr": 0.01 * number}) for row in rows]
             (directory / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+            if revalidate:
+                summary = json.loads((directory / name / "summary.json").read_text())
+                summary["valid_set"] = {**summary["valid_set"], "sha256": "0" * 16}
+                (directory / name / "summary.json").write_text(json.dumps(summary))
+    elif verb == "unfinish":  # a copy of a run stopped before its end: no summary.json
+        shutil.copytree(directory / target, directory / rest[0])
+        (directory / rest[0] / "summary.json").unlink()
     elif verb == "copyedit":  # a copy of a run with one config.json field changed
         shutil.copytree(directory / target, directory / rest[0])
         config = json.loads((directory / rest[0] / "config.json").read_text())
