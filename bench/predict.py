@@ -205,7 +205,8 @@ def predict_case(work: Path, law: str, case: Case, seeds, png: bool = False,
     (which it checks followed the flags' LR at every step)."""
     name = fit_name(law, fit_from)
     out = work / "predictions" / name / f"{case_dir(work, case).name}.json"
-    if not out.is_file():
+    saved = work / f"fit_{name}.json"
+    if not out.is_file() or out.stat().st_mtime < saved.stat().st_mtime:  # a newer fit
         out.parent.mkdir(parents=True, exist_ok=True)
         extra = ["--png", str(out.with_suffix(".png"))] if png else []
         cli("predict", "--fit", str(work / f"fit_{name}.json"), *schedule_flags(case),
@@ -223,7 +224,8 @@ def predict_case(work: Path, law: str, case: Case, seeds, png: bool = False,
 def fit_law(work: Path, law: str, fit_from: float | None = None) -> dict:
     name = fit_name(law, fit_from)
     saved = work / f"fit_{name}.json"
-    if not saved.is_file():
+    # A fit of runs whose validation sets were not recorded is stale (see `evaluate`).
+    if not saved.is_file() or json.loads(saved.read_text())["scope"].get("valid_set") is None:
         first = HELD_OUT[0]
         extra = [] if fit_from is None else ["--fit-from", str(fit_from)]
         cli("predict", "--fit", *(str(case_dir(work, c)) for c in FIT), "--law", law,
@@ -274,7 +276,7 @@ def pretrain_flags(megatron: list[str]) -> str:
 def proposal(work: Path) -> tuple[Case, dict]:
     """``--optimize`` at the budget with the multi-power fit, as a trainable case."""
     out = work / "optimize.json"
-    if not out.is_file():
+    if not out.is_file() or out.stat().st_mtime < (work / "fit_multi-power.json").stat().st_mtime:
         cli("predict", "--fit", str(work / "fit_multi-power.json"), "--optimize",
             "--train-samples", str(BUDGET // SEQ), "--global-batch-size", str(BATCH),
             *BUDGET_FLAGS, "--json", str(out), "--force")  # fmt: skip
@@ -302,6 +304,8 @@ def main() -> None:
     train(work, tuned_cases(), [0], pool, "WSD tuning grid")
     if args.train_only:
         return
+    # Every final loss on the data's one validation set (runs from before it: again).
+    cli("evaluate", *(str(case_dir(work, c)) for c in [*FIT, *HELD_OUT, *tuned_cases()]))
     result = evaluate(work, pool)
     text = report_markdown(result)
     print(text)
