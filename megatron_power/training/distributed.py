@@ -39,10 +39,19 @@ def init_distributed(config: PretrainConfig) -> torch.device:
         )
     from megatron.core import parallel_state, tensor_parallel
 
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=config.tensor_model_parallel_size,
-        expert_model_parallel_size=config.expert_model_parallel_size,
-    )
+    sizes = (config.tensor_model_parallel_size, config.expert_model_parallel_size)
+    if parallel_state.model_parallel_is_initialized() and sizes != (
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_expert_model_parallel_world_size(),
+    ):
+        parallel_state.destroy_model_parallel()
+    # Once per process (``evaluate`` goes through many runs): each call makes new groups,
+    # and gloo's threads of the old ones stay.
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=config.tensor_model_parallel_size,
+            expert_model_parallel_size=config.expert_model_parallel_size,
+        )
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         tensor_parallel.model_parallel_cuda_manual_seed(config.seed)

@@ -148,7 +148,6 @@ def evaluate_finished(config: PretrainConfig) -> dict[str, Any]:
     one under ``earlier_evaluations`` when the set differed."""
     import json
 
-    from megatron.core import parallel_state
 
     device = init_distributed(config)
     run = RunDir(config.run_dir)
@@ -174,5 +173,4 @@ def evaluate_finished(config: PretrainConfig) -> dict[str, Any]:
             summary["earlier_evaluations"] = history
         atomic_write_text(run.summary, json.dumps(summary, indent=2) + "\n")
     dist.barrier()
-    parallel_state.destroy_model_parallel()
     return summary
