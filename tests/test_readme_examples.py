@@ -33,6 +33,9 @@ NOT_RUN = {
             "megatron-power predict --fit fit.json",
         )
     },
+    "megatron-power evaluate runs/a runs/b sweeps/grid": "needs finished runs (the README's "
+    "pretrain examples stop after 2 steps here); the same command on real runs, older ones "
+    "included: tests/cli/test_evaluate_command.py",
     **{
         f"megatron-power import-hf hf/{name}": "a download of the public checkpoint; its exact "
         "config through import-hf's checks at these layouts, and a shrunk copy through import "
