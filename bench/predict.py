@@ -24,6 +24,7 @@ where it stopped. Prints a table and writes bench/results/predict.{md,json,png}.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shlex
@@ -285,8 +286,10 @@ def proposal(work: Path) -> tuple[Case, dict]:
     lr = float(flags[flags.index("--lr") + 1])
     megatron = " ".join(f for i, f in enumerate(flags)
                         if f != "--lr" and (i == 0 or flags[i - 1] != "--lr"))  # fmt: skip
+    # Named by its flags: another proposal (a new fit) trains in its own directory.
+    tag = hashlib.sha256(" ".join(flags).encode()).hexdigest()[:8]
     case = Case(f"optimised ({report['optimized']['family']}, "
-                f"{report['optimized']['shape']})", lr, BATCH, BUDGET,
+                f"{report['optimized']['shape']}) {tag}", lr, BATCH, BUDGET,
                 pretrain_flags(flags), megatron)  # fmt: skip
     return case, report
 

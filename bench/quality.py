@@ -121,7 +121,7 @@ class Pool:
 
     def add(self, path: Path, spec: SweepSpec) -> None:
         sweep = SweepDir(path)
-        sweep.save_spec(spec)
+        sweep.record_spec(spec)  # a changed spec is refused, never mixed with old runs
         self.jobs += [(sweep, spec, i) for i in sweep.pending(spec, retry_failed=False)]
 
     def run(self, what: str) -> None:

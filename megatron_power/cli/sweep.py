@@ -113,16 +113,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 def start_sweep(sweep: SweepDir, spec: SweepSpec, args: argparse.Namespace) -> int:
     """Check the directory's sweep against this one, record it, and run what is left."""
-    if sweep.spec_file.is_file():
-        old = sweep.load_spec()
-        for name in ("template", "extra_args", "seq_length", "warmup_fraction", "decay_fraction",
-                     "decay_shape"):  # fmt: skip
-            if getattr(old, name) != getattr(spec, name):
-                raise ValueError(
-                    f"--sweep-dir: {sweep.path} holds a sweep with another {name} "
-                    f"({getattr(old, name)!r}); finished runs would not compare - use a new dir"
-                )
-    sweep.save_spec(spec)
+    sweep.record_spec(spec)
     todo = sweep.pending(spec, args.retry_failed)
     if args.launcher == "slurm":
         return submit_slurm(sweep, todo, args)

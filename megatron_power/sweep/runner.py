@@ -189,6 +189,21 @@ class SweepDir:
         (self.path / "logs").mkdir(exist_ok=True)
         atomic_write_text(self.spec_file, json.dumps(asdict(spec), indent=2) + "\n")
 
+    def record_spec(self, spec: SweepSpec) -> None:
+        """Save ``spec``, refusing one whose runs would differ from the recorded sweep's
+        (its finished runs would be taken for runs of the new one)."""
+        if self.spec_file.is_file():
+            old = self.load_spec()
+            for name in ("template", "extra_args", "seq_length", "warmup_fraction",
+                         "decay_fraction", "decay_shape"):  # fmt: skip
+                if getattr(old, name) != getattr(spec, name):
+                    raise ValueError(
+                        f"--sweep-dir: {self.path} holds a sweep with another {name} "
+                        f"({getattr(old, name)!r}); finished runs would not compare - use a "
+                        "new dir"
+                    )
+        self.save_spec(spec)
+
     def load_spec(self) -> SweepSpec:
         if not self.spec_file.is_file():
             raise ValueError(f"--sweep-dir: {self.path} has no sweep.json")

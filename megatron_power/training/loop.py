@@ -148,7 +148,6 @@ def evaluate_finished(config: PretrainConfig) -> dict[str, Any]:
     one under ``earlier_evaluations`` when the set differed."""
     import json
 
-
     device = init_distributed(config)
     run = RunDir(config.run_dir)
     meta = prepare_data(config, run.path)
