@@ -158,6 +158,7 @@ ROWS = [
     Row("sweep-lr-negative", ["sweep", "--sweep-dir", "s", "--lrs", "-0.01"], "--lrs: values must be finite and > 0"),
     Row("sweep-lr-twice", ["sweep", "--sweep-dir", "s", "--lrs", "0.01", "0.01"], "--lrs: 0.01 is given twice"),
     Row("sweep-batch-zero", ["sweep", "--sweep-dir", "s", "--global-batch-sizes", "0"], "--global-batch-sizes: values must be finite and > 0"),
+    Row("sweep-spec-changed", ["sweep", "--sweep-dir", "old", "--extra-args", "--num-layers 3", "--launcher", "slurm", "--dry-run"], "--sweep-dir: old holds a sweep with another extra_args ('--num-layers 2')", setup="sweepdir old --num-layers 2"),
     Row("sweep-seq-zero", ["sweep", "--sweep-dir", "s", "--seq-length", "0"], "--seq-length: must be >= 1, got 0"),
     Row("sweep-tokens-below-a-step", ["sweep", "--sweep-dir", "s", "--train-tokens", "100"], "--train-tokens: 100 is shorter than one step"),
     Row("sweep-jobs-zero", ["sweep", "--sweep-dir", "s", "--lrs", "0.01", "--train-tokens", "4096", "--jobs", "0"], "--jobs: must be >= 1, got 0"),
@@ -278,6 +279,10 @@ def prepare(directory: Path, setup: str | None):
                 summary = json.loads((directory / name / "summary.json").read_text())
                 summary["valid_set"] = {**summary["valid_set"], "sha256": "0" * 16}
                 (directory / name / "summary.json").write_text(json.dumps(summary))
+    elif verb == "sweepdir":  # a sweep directory recorded with these --extra-args
+        from megatron_power.sweep.runner import SweepDir, SweepSpec
+
+        SweepDir(directory / target).save_spec(SweepSpec([0.01], [16], [40960], extra_args=" ".join(rest)))
     elif verb == "unfinish":  # a copy of a run stopped before its end: no summary.json
         shutil.copytree(directory / target, directory / rest[0])
         (directory / rest[0] / "summary.json").unlink()
