@@ -282,7 +282,9 @@ def prepare(directory: Path, setup: str | None):
     elif verb == "sweepdir":  # a sweep directory recorded with these --extra-args
         from megatron_power.sweep.runner import SweepDir, SweepSpec
 
-        SweepDir(directory / target).save_spec(SweepSpec([0.01], [16], [40960], extra_args=" ".join(rest)))
+        SweepDir(directory / target).save_spec(
+            SweepSpec([0.01], [16], [40960], extra_args=" ".join(rest))
+        )
     elif verb == "unfinish":  # a copy of a run stopped before its end: no summary.json
         shutil.copytree(directory / target, directory / rest[0])
         (directory / rest[0] / "summary.json").unlink()
