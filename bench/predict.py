@@ -377,7 +377,9 @@ def report_markdown(result: dict) -> str:
         + "; ".join(c.name for c in FIT) + "). Held-out runs (3 seeds each) were never fitted: "
         "the law predicts each from the Megatron-LM flags alone (`megatron-power predict "
         "--fit fit.json ... --compare RUNS`, which also checks that the runs followed those "
-        "flags' LR at every step). Final loss = validation loss, mean of the seeds; curve "
+        "flags' LR at every step). Final loss = validation loss on the data's one validation "
+        "set (16,384 tokens, the same sequences for every run; `megatron-power evaluate` "
+        "brought runs trained before it onto it), mean of the seeds; curve "
         "error = rms over 40 windows of the training loss past the first 30% of the run (where "
         "the law holds).",
         "",
