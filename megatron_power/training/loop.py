@@ -8,6 +8,7 @@ module; this one only tells the order.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,6 @@ def evaluate_finished(config: PretrainConfig) -> dict[str, Any]:
     """Evaluate a finished run's final checkpoint on its data set's fixed validation set
     (``megatron-power evaluate``): summary.json gets the new loss, and keeps the earlier
     one under ``earlier_evaluations`` when the set differed."""
-    import json
-
     device = init_distributed(config)
     run = RunDir(config.run_dir)
     meta = prepare_data(config, run.path)
