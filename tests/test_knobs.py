@@ -230,19 +230,23 @@ def test_power_tail_defaults_to_exponential_e_everywhere():
     assert values[-1] == 0.0
 
 
-def test_every_mup_knob_reaches_mup_config_from_the_launcher_and_pretrain():
+# logits_scale sets the divisor outright, so output_multiplier is tested without it.
+@pytest.mark.parametrize("readout", [{"logits_scale": 2.0}, {"output_multiplier": 1.5}])
+def test_every_mup_knob_reaches_mup_config_from_the_launcher_and_pretrain(readout):
     from megatron_power.cli.main import build_parser
     from megatron_power.cli.pretrain import mup_from_args as pretrain_mup
 
     chosen = {"base_hidden_size": 32, "embedding_multiplier": 3.0, "residual_multiplier": 0.7,
               "residual_rule": "completep", "base_num_layers": 2, "base_head_dim": 8,
-              "attention_scale": 0.1, "logits_scale": 2.0, "init_std": 0.01,
-              "depth_scaled_output_init": False, "base_moe_ffn_hidden_size": 16,
-              "router": "readout", "scale_adam_eps": True,
-              "weight_decay": "independent"}  # fmt: skip
+              "attention_scale": 0.1, "logits_scale": None, "output_multiplier": 1.0,
+              "init_std": 0.01, "depth_scaled_output_init": False,
+              "base_moe_ffn_hidden_size": 16, "router": "readout", "scale_adam_eps": True,
+              "weight_decay": "independent", **readout}  # fmt: skip
     assert set(chosen) == {item.name for item in dataclasses.fields(MupConfig)}
     launcher, pretrain = ["--power-mup"], []
     for item, meta in knobs(MupConfig):
+        if item.name in ("logits_scale", "output_multiplier") and item.name not in readout:
+            continue
         if isinstance(chosen[item.name], bool):
             launcher.append(meta.flag)
             pretrain.append(meta.pretrain_flag)

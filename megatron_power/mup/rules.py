@@ -15,7 +15,7 @@ expert fc2             init_std / sqrt(m_e)        lr / m_e            (m_e: exp
                          [/ sqrt(2L)]                                    width ratio)
 router                 per ``router`` rule (below)
 vector (norm, bias)    unchanged                   lr
-readout (output layer) init_std                    lr                  logits / m
+readout (output layer) init_std                    lr                  logits x m_out / m
 attention              -                           -                   QK^T * sqrt(d0)/d
 =====================  ==========================  ==================  =================
 
@@ -195,6 +195,12 @@ class MupConfig:
         "logits-scale",
         check=POSITIVE,
     )
+    output_multiplier: float = _mup_knob(
+        1.0,
+        "Readout multiplier tuned at the base width: logits x this / m.",
+        "output-multiplier",
+        check=POSITIVE,
+    )
     init_std: float | None = _mup_knob(
         None,
         "Base init std (default the model's init_method_std).",
@@ -228,6 +234,11 @@ class MupConfig:
         validate_knobs(self)
         if self.residual_rule == "completep" and self.base_num_layers is None:
             raise ValueError("base_num_layers: required by residual_rule='completep'")
+        if self.logits_scale is not None and self.output_multiplier != 1.0:
+            raise ValueError(
+                f"output_multiplier: {self.output_multiplier:g} is not applied when logits_scale "
+                "sets the logits divisor outright; give one of them"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -313,7 +324,11 @@ class MupConfig:
             expert_width_mult=expert_mult,
             residual_multiplier=residual,
             softmax_scale=softmax_scale,
-            logits_divisor=self.logits_scale if self.logits_scale is not None else width_mult,
+            logits_divisor=(
+                self.logits_scale
+                if self.logits_scale is not None
+                else width_mult / self.output_multiplier
+            ),
             init_std=self.init_std if self.init_std is not None else init_method_std,
             num_layers=shape.num_layers,
         )

@@ -261,6 +261,19 @@ def test_minicpm_preset_equals_the_minicpm_formulas():
     torch.testing.assert_close(megatron_logits(model, tokens), reference, rtol=1e-5, atol=1e-5)
 
 
+def test_output_multiplier_scales_the_logits_on_top_of_the_width_rule():
+    # muTransfer's readout multiplier, tuned at the base width: logits x m_out / m.
+    mup = MupConfig(base_hidden_size=32, embedding_multiplier=4.0, output_multiplier=3.0)
+    torch.manual_seed(2)
+    model = build_gpt(tiny_config(hidden=128, layers=2), mup)
+    tokens = batch()[0]
+    reference = _granite_reference(
+        model, tokens, emb_mult=4.0, residual=1.0, attn_scale=1 / 16,
+        logits_div=128 / 32, logits_premul=3.0,
+    )  # fmt: skip
+    torch.testing.assert_close(megatron_logits(model, tokens), reference, rtol=1e-5, atol=1e-5)
+
+
 def test_single_lr_mult_form_for_megatron_core_up_to_0_15():
     from megatron_power.megatron.mup import mup_scale_lr_cond
 

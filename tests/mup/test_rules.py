@@ -84,6 +84,14 @@ def test_granite_preset_maps_the_four_multipliers():
     assert (rules.softmax_scale, rules.logits_divisor) == (0.015625, 9.0)
 
 
+def test_output_multiplier_divides_the_width_ratio():
+    mup = MupConfig(base_hidden_size=256, output_multiplier=2.0)
+    rules = mup.resolve(ModelShape(hidden_size=2048, num_layers=4, head_dim=64))
+    assert rules.logits_divisor == 8 / 2  # logits x 2 / (2048 / 256)
+    at_base = mup.resolve(ModelShape(hidden_size=256, num_layers=4, head_dim=64))
+    assert at_base.logits_divisor == 0.5
+
+
 def test_minicpm_preset():
     mup = MupConfig.minicpm(scale_emb=12, scale_depth=1.4, dim_model_base=256, head_dim=64)
     rules = mup.resolve(ModelShape(hidden_size=2304, num_layers=40, head_dim=64))
@@ -100,6 +108,8 @@ def test_minicpm_preset():
         (dict(base_hidden_size=256, embedding_multiplier=0), "embedding_multiplier"),
         (dict(base_hidden_size=256, residual_multiplier=-1), "residual_multiplier"),
         (dict(base_hidden_size=256, logits_scale=0), "logits_scale"),
+        (dict(base_hidden_size=256, output_multiplier=0), "output_multiplier"),
+        (dict(base_hidden_size=256, output_multiplier=2.0, logits_scale=9.0), "output_multiplier"),
         (dict(base_hidden_size=256, attention_scale=-0.1), "attention_scale"),
         (dict(base_hidden_size=256, residual_rule="deep"), "residual_rule"),
         (dict(base_hidden_size=256, residual_rule="completep"), "base_num_layers"),
