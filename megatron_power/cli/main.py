@@ -19,6 +19,7 @@ from . import (  # noqa: E402
     evaluate,
     hf,
     mup_audit,
+    mup_tune,
     predict,
     pretrain,
     schedule,
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_parser(subparsers)
     coord_check.add_parser(subparsers)
     mup_audit.add_parser(subparsers)
+    mup_tune.add_parser(subparsers)
     schedule.add_parser(subparsers)
     predict.add_parser(subparsers)
     evaluate.add_parser(subparsers)

@@ -208,6 +208,14 @@ ROWS = [
     Row("evaluate-missing-run", ["evaluate", "missing"], "RUN: missing is not a run directory"),
     Row("evaluate-unfinished-run", ["evaluate", "run", "half"], "RUN: half has not finished (no summary.json)", setup="unfinish run half"),
     Row("predict-unknown-law", [*PREDICT, "run", *BUDGET, "--law", "chinchilla"], "argument --law: invalid choice: 'chinchilla'"),
+    # ------------------------------------------------ mup-tune
+    Row("mup-tune-nothing-searched", ["mup-tune", "--tune-dir", "tune"], "mup-tune: give at least one of --output-multipliers, --embedding-multipliers, --init-stds"),
+    Row("mup-tune-zero-multiplier", ["mup-tune", "--tune-dir", "tune", "--output-multipliers", "0", "1"], "--output-multipliers: values must be finite and > 0, got 0.0"),
+    Row("mup-tune-nan-init-std", ["mup-tune", "--tune-dir", "tune", "--init-stds", "nan"], "--init-stds: values must be finite and > 0, got nan"),
+    Row("mup-tune-twice", ["mup-tune", "--tune-dir", "tune", "--init-stds", "0.02", "0.02"], "--init-stds: a value is given twice"),
+    Row("mup-tune-rounds-zero", ["mup-tune", "--tune-dir", "tune", "--init-stds", "0.02", "--rounds", "0"], "--rounds: must be >= 1, got 0"),
+    Row("mup-tune-own-flag", ["mup-tune", "--tune-dir", "tune", "--init-stds", "0.02", "--extra-args", "--hidden-size 128"], "--extra-args: --hidden-size is set by mup-tune itself"),
+    Row("mup-tune-lr-zero", ["mup-tune", "--tune-dir", "tune", "--init-stds", "0.02", "--lrs", "0", "0.01"], "--lrs"),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
     Row("coord-check-one-width", ["coord-check", "--widths", "64"], "--widths: give two or more widths"),
 ]  # fmt: skip
