@@ -136,29 +136,40 @@ class Store:
     def __init__(self, work: Path, pool: Pool) -> None:
         self.work, self.pool, self.added = work, pool, set()
 
-    def add(self, name: str, spec: SweepSpec) -> SweepDir:
-        sweep = SweepDir(self.work / name)
-        kept = STORE / name
-        if (kept / "sweep.json").is_file() and not sweep.spec_file.is_file():
+    def restore(self, name: str) -> None:
+        """Every sweep recorded under STORE/name that the work dir lacks, records only."""
+        for spec_file in (STORE / name).rglob("sweep.json") if (STORE / name).is_dir() else []:
+            kept = spec_file.parent
+            sweep = SweepDir(self.work / kept.relative_to(STORE))
             (sweep.path / "results").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(kept / "sweep.json", sweep.spec_file)
-        for record in sorted((kept / "results").glob("*.json")) if kept.is_dir() else []:
-            if not (sweep.path / "results" / record.name).is_file():
-                shutil.copy2(record, sweep.path / "results" / record.name)
-        self.pool.add(sweep.path, spec)
+            if not sweep.spec_file.is_file():
+                shutil.copy2(spec_file, sweep.spec_file)
+            for record in sorted((kept / "results").glob("*.json")):
+                if not (sweep.path / "results" / record.name).is_file():
+                    shutil.copy2(record, sweep.path / "results" / record.name)
+
+    def save(self, name: str) -> None:
+        """Every sweep's records under work/name into the store (changed files only)."""
+        for spec_file in (self.work / name).rglob("sweep.json"):
+            sweep = spec_file.parent
+            kept = STORE / sweep.relative_to(self.work)
+            (kept / "results").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(kept / "sweep.json", spec_file.read_text())
+            for record in (sweep / "results").glob("*.json"):
+                target = kept / "results" / record.name
+                if not target.is_file() or target.read_bytes() != record.read_bytes():
+                    atomic_write_text(target, record.read_text())
+
+    def add(self, name: str, spec: SweepSpec) -> SweepDir:
+        self.restore(name)
+        self.pool.add(self.work / name, spec)
         self.added.add(name)
-        return sweep
+        return SweepDir(self.work / name)
 
     def run(self, what: str) -> None:
         self.pool.run(what)
-        for name in sorted(self.added):  # every finished record into the store
-            sweep = SweepDir(self.work / name)
-            (STORE / name / "results").mkdir(parents=True, exist_ok=True)
-            atomic_write_text(STORE / name / "sweep.json", sweep.spec_file.read_text())
-            for record in (sweep.path / "results").glob("*.json"):
-                target = STORE / name / "results" / record.name
-                if not target.is_file() or target.read_bytes() != record.read_bytes():
-                    atomic_write_text(target, record.read_text())
+        for name in sorted(self.added):
+            self.save(name)
 
     def losses(self, name: str, spec: SweepSpec, diverged_ok: bool = False) -> dict:
         """{(lr, seed): validation loss}; a failed run is infinite where ``diverged_ok``
@@ -304,6 +315,75 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, data_flags: st
     return result
 
 
+WIDTHS = [BASE, 4 * BASE, 8 * BASE]
+WIDTH_TOKENS, WIDTH_BATCH = 2 * LARGEST, 8
+TUNE_CANDIDATES = {"--output-multipliers": [0.25, 1, 4], "--embedding-multipliers": [1, 4, 16],
+                   "--init-stds": [0.01, 0.02, 0.04]}  # fmt: skip
+
+
+def tuned_mup(store: Store, model: str) -> dict:
+    """``megatron-power mup-tune`` at the base width: the base model's own multipliers."""
+    name = f"{model}/mup-tune"
+    store.restore(name)
+    lrs = [2.0**-k for k in range(9, 2, -1)]
+    subprocess.run(
+        [sys.executable, "-m", "megatron_power.cli.main", "mup-tune",
+         "--tune-dir", str(store.work / name), "--hidden-size", str(BASE),
+         "--lrs", *map(str, lrs), "--train-tokens", str(LARGEST),
+         "--global-batch-size", str(WIDTH_BATCH), "--seq-length", str(SEQ),
+         "--extra-args", MODELS[model],
+         *(str(word) for flag, values in TUNE_CANDIDATES.items() for word in (flag, *values))],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    store.save(name)
+    tune = json.loads((store.work / name / "tune.json").read_text())
+    atomic_write_text(STORE / name / "tune.json", json.dumps(tune, indent=2) + "\n")
+    return tune
+
+
+def width_phase(store: Store, model: str) -> dict:
+    """Phase 3: SP, plain muP and muP with its base multipliers tuned, each LR-tuned at
+    every width (grid grown until interior; the best LR with seeds 0-2)."""
+    from megatron_power.sweep.fit import optimum
+
+    tune = tuned_mup(store, model)
+    tuned_flags = tune["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
+    params = {
+        "SP": ("--no-mup", [2.0**-k for k in range(11, 6, -1)]),
+        "muP": (MUP, [2.0**-k for k in range(8, 3, -1)]),
+        "muP tuned": (f"{MUP} {tuned_flags}", [2.0**-k for k in range(8, 3, -1)]),
+    }
+    out = {"tune": tune, "widths": WIDTHS, "params": {}}
+    for param, (flags, start) in params.items():
+        extra = f"{MODELS[model]} {flags}"
+        rows = {}
+        for width in WIDTHS:
+            cell = Cell(f"w{width}", width, WIDTH_TOKENS, WIDTH_BATCH)
+            name = f"{model}/width/{param.replace(' ', '-')}/w{width}"
+
+            def make(lrs, seeds=(0,), cell=cell, extra=extra):
+                return make_spec("wsd", cell, lrs, extra, seeds)
+
+            grid = grow(store, name, make, list(start), f"{model} {param} width {width}")
+            best = min(grid, key=grid.get)
+            store.add(name, make([best], SEEDS))
+            store.run(f"{model} {param} width {width}: seeds")
+            seeds = store.losses(name, make([best], SEEDS))
+            finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
+            eta_opt, on_edge = optimum(list(finite), list(finite.values()))
+            losses = [seeds[best, seed] for seed in SEEDS]
+            rows[width] = {
+                "grid": {f"{lr:g}": v for lr, v in grid.items()}, "best_lr": best,
+                "eta_opt": eta_opt, "on_edge": on_edge, "losses": losses,
+                "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+            }  # fmt: skip
+        optima = [rows[w]["eta_opt"] for w in WIDTHS]
+        out["params"][param] = {"rows": {str(w): r for w, r in rows.items()},
+                                "shift_x2_steps": math.log2(max(optima) / min(optima))}  # fmt: skip
+    atomic_write_text(STORE / model / "width.json", json.dumps(out, indent=2) + "\n")
+    return out
+
+
 def lr_curve(runs: Path, lr: float, points: int = 100) -> list[tuple[int, float]]:
     """(tokens, LR) of the seed-0 run, thinned to about ``points`` entries (for the plot);
     empty when its run directory is on another machine (the store keeps the records only)."""
@@ -353,7 +433,7 @@ def report(models: list[str]) -> str:
     for model in models:
         fit_file = STORE / model / "fit.json"
         if not fit_file.is_file():
-            lines += [f"## {model}", "", "fit not yet run.", ""]
+            lines += [f"## {model}", "", "fit not yet run.", *width_report(model, overall), ""]
             continue
         fitted = json.loads(fit_file.read_text())[0]
         lines += [f"## {model}", "", f"Fitted flags: `{' '.join(fitted['flags'])}`", ""]
@@ -396,8 +476,42 @@ def report(models: list[str]) -> str:
                       + (f"; excess ratio mean {overall[model]['excess_mean']:.3f}, worst "
                          f"{overall[model]['excess_worst']:.3f} (target <= 1.00)" if excess else "")
                       + "."]  # fmt: skip
+        lines += width_report(model, overall)
         lines.append("")
     return "\n".join(lines) + "\n", overall
+
+
+def width_report(model: str, overall: dict) -> list[str]:
+    """Phase 3's table: each parameterisation's tuned loss and optimal LR per width."""
+    file = STORE / model / "width.json"
+    if not file.is_file():
+        return ["", f"muP at width ({model}): not yet run."]
+    result = json.loads(file.read_text())
+    params = result["params"]
+    names = list(params)
+    lines = ["", f"### muP at width ({model}; WSD, {WIDTH_TOKENS:,} tokens, batch {WIDTH_BATCH}"
+             f"; mup-tune at width {BASE}: `{result['tune']['flags']}`)", "",
+             "| width | " + " | ".join(f"{n} LR | {n} loss" for n in names)
+             + " | muP tuned - SP (± sd) |", "|" + " ---: |" * (2 * len(names) + 2)]  # fmt: skip
+    worse = []
+    for width in map(str, result["widths"]):
+        rows = [params[n]["rows"][width] for n in names]
+        cells = " | ".join(f"{r['eta_opt']:.4g}{'*' if r['on_edge'] else ''} | {fmt(r)}"
+                           for r in rows)  # fmt: skip
+        tuned, sp = params["muP tuned"]["rows"][width], params["SP"]["rows"][width]
+        gap = tuned["mean"] - sp["mean"]
+        spread = math.hypot(tuned["sd"], sp["sd"]) / math.sqrt(len(SEEDS))
+        if gap > 0:
+            worse.append(width)
+        lines.append(f"| {width} | {cells} | {gap:+.4f} ± {spread:.4f} |")
+    shifts = {n: params[n]["shift_x2_steps"] for n in names}
+    overall.setdefault(model, {})["width"] = {"shift_x2_steps": shifts, "tuned_muP_worse_at": worse}
+    lines += ["", "Optimum LR moves over 8x width (x2 steps; target <= 0.5 for muP): "
+              + ", ".join(f"{n} {v:.2f}" for n, v in shifts.items())
+              + ". Tuned muP is " + (f"worse than tuned SP at widths {worse}" if worse
+                                     else "no worse than tuned SP at every width")
+              + " (target: never worse). * = best LR on the grid's edge."]  # fmt: skip
+    return lines
 
 
 def fmt(entry: dict) -> str:
@@ -431,6 +545,21 @@ def plot(models: list[str], png: Path) -> None:
     figure.tight_layout()
     figure.savefig(png, dpi=100)
     plt.close(figure)
+    widths = {m: json.loads(f.read_text()) for m in models
+              if (f := STORE / m / "width.json").is_file()}  # fmt: skip
+    if widths:
+        figure, axes = plt.subplots(1, len(widths), figsize=(5 * len(widths), 3.6), squeeze=False)
+        for axis, (model, result) in zip(axes[0], widths.items(), strict=True):
+            for param, entry in result["params"].items():
+                rows = entry["rows"]
+                axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
+                          marker="o", label=param)  # fmt: skip
+            axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
+                     title=f"{model}: optimal LR vs width")  # fmt: skip
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(png.with_name(png.stem + "_width.png"), dpi=100)
+        plt.close(figure)
 
 
 def main() -> None:
@@ -439,6 +568,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
+    parser.add_argument("--phases", nargs="+", choices=["cells", "width"],
+                        default=["cells", "width"])  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="run nothing")
     args = parser.parse_args()
     work = Path(args.work_dir)
@@ -447,6 +578,10 @@ def main() -> None:
         store = Store(work, Pool())
         text_flags = None
         for model in args.models:
+            if "width" in args.phases:
+                width_phase(store, model)
+            if "cells" not in args.phases:
+                continue
             fitted = fit(store, model)
             for cell in (c for c in CELLS if c.name in args.cells):
                 if cell.data == "text" and text_flags is None:
