@@ -12,7 +12,12 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    shape at its best LR (lengths grown while the best is on the edge); the best of each
    reruns with seeds 1 and 2. Power takes the fitted flags as they are, the paper's a=4,
    b=-0.51, cap 0.02 is a reported row; both with seeds 0-2;
-3. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
+3. muP at width (per model, on the Markov source and on Shakespeare): standard
+   parameterisation, plain muP and muP with its base multipliers tuned by
+   ``megatron-power mup-tune`` at the base width, each LR-tuned at widths 32, 128, 256
+   (grid grown until interior, best LR with seeds 0-2): tuned muP - tuned SP with its
+   spread, and how far each optimum moves over 8x width;
+4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
 
@@ -316,14 +321,15 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, data_flags: st
 
 
 WIDTHS = [BASE, 4 * BASE, 8 * BASE]
+WIDTH_DATA = ["markov", "text"]
 WIDTH_TOKENS, WIDTH_BATCH = 2 * LARGEST, 8
 TUNE_CANDIDATES = {"--output-multipliers": [0.25, 1, 4], "--embedding-multipliers": [1, 4, 16],
                    "--init-stds": [0.01, 0.02, 0.04]}  # fmt: skip
 
 
-def tuned_mup(store: Store, model: str) -> dict:
+def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
     """``megatron-power mup-tune`` at the base width: the base model's own multipliers."""
-    name = f"{model}/mup-tune"
+    name = f"{model}/mup-tune-{data}"
     store.restore(name)
     lrs = [2.0**-k for k in range(9, 2, -1)]
     subprocess.run(
@@ -331,7 +337,7 @@ def tuned_mup(store: Store, model: str) -> dict:
          "--tune-dir", str(store.work / name), "--hidden-size", str(BASE),
          "--lrs", *map(str, lrs), "--train-tokens", str(LARGEST),
          "--global-batch-size", str(WIDTH_BATCH), "--seq-length", str(SEQ),
-         "--extra-args", MODELS[model],
+         "--extra-args", f"{MODELS[model]} {data_flags}".strip(),
          *(str(word) for flag, values in TUNE_CANDIDATES.items() for word in (flag, *values))],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -341,33 +347,33 @@ def tuned_mup(store: Store, model: str) -> dict:
     return tune
 
 
-def width_phase(store: Store, model: str) -> dict:
+def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
     """Phase 3: SP, plain muP and muP with its base multipliers tuned, each LR-tuned at
     every width (grid grown until interior; the best LR with seeds 0-2)."""
     from megatron_power.sweep.fit import optimum
 
-    tune = tuned_mup(store, model)
+    tune = tuned_mup(store, model, data, data_flags)
     tuned_flags = tune["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
     params = {
         "SP": ("--no-mup", [2.0**-k for k in range(11, 6, -1)]),
         "muP": (MUP, [2.0**-k for k in range(8, 3, -1)]),
         "muP tuned": (f"{MUP} {tuned_flags}", [2.0**-k for k in range(8, 3, -1)]),
     }
-    out = {"tune": tune, "widths": WIDTHS, "params": {}}
+    out = {"tune": tune, "widths": WIDTHS, "data": data, "params": {}}
     for param, (flags, start) in params.items():
-        extra = f"{MODELS[model]} {flags}"
+        extra = f"{MODELS[model]} {flags} {data_flags}"
         rows = {}
         for width in WIDTHS:
             cell = Cell(f"w{width}", width, WIDTH_TOKENS, WIDTH_BATCH)
-            name = f"{model}/width/{param.replace(' ', '-')}/w{width}"
+            name = f"{model}/width-{data}/{param.replace(' ', '-')}/w{width}"
 
             def make(lrs, seeds=(0,), cell=cell, extra=extra):
                 return make_spec("wsd", cell, lrs, extra, seeds)
 
-            grid = grow(store, name, make, list(start), f"{model} {param} width {width}")
+            grid = grow(store, name, make, list(start), f"{model} {data} {param} w{width}")
             best = min(grid, key=grid.get)
             store.add(name, make([best], SEEDS))
-            store.run(f"{model} {param} width {width}: seeds")
+            store.run(f"{model} {data} {param} w{width}: seeds")
             seeds = store.losses(name, make([best], SEEDS))
             finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
             eta_opt, on_edge = optimum(list(finite), list(finite.values()))
@@ -380,7 +386,7 @@ def width_phase(store: Store, model: str) -> dict:
         optima = [rows[w]["eta_opt"] for w in WIDTHS]
         out["params"][param] = {"rows": {str(w): r for w, r in rows.items()},
                                 "shift_x2_steps": math.log2(max(optima) / min(optima))}  # fmt: skip
-    atomic_write_text(STORE / model / "width.json", json.dumps(out, indent=2) + "\n")
+    atomic_write_text(STORE / model / f"width-{data}.json", json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -482,15 +488,20 @@ def report(models: list[str]) -> str:
 
 
 def width_report(model: str, overall: dict) -> list[str]:
-    """Phase 3's table: each parameterisation's tuned loss and optimal LR per width."""
-    file = STORE / model / "width.json"
+    """Phase 3's tables, one per data set."""
+    return [line for data in WIDTH_DATA for line in width_table(model, data, overall)]
+
+
+def width_table(model: str, data: str, overall: dict) -> list[str]:
+    """Each parameterisation's tuned loss and optimal LR per width, on one data set."""
+    file = STORE / model / f"width-{data}.json"
     if not file.is_file():
-        return ["", f"muP at width ({model}): not yet run."]
+        return ["", f"muP at width ({model}, {data}): not yet run."]
     result = json.loads(file.read_text())
     params = result["params"]
     names = list(params)
-    lines = ["", f"### muP at width ({model}; WSD, {WIDTH_TOKENS:,} tokens, batch {WIDTH_BATCH}"
-             f"; mup-tune at width {BASE}: `{result['tune']['flags']}`)", "",
+    lines = ["", f"### muP at width ({model}, {data}; WSD, {WIDTH_TOKENS:,} tokens, "
+             f"batch {WIDTH_BATCH}; mup-tune at width {BASE}: `{result['tune']['flags']}`)", "",
              "| width | " + " | ".join(f"{n} LR | {n} loss" for n in names)
              + " | muP tuned - SP (± sd) |", "|" + " ---: |" * (2 * len(names) + 2)]  # fmt: skip
     worse = []
@@ -505,7 +516,10 @@ def width_report(model: str, overall: dict) -> list[str]:
             worse.append(width)
         lines.append(f"| {width} | {cells} | {gap:+.4f} ± {spread:.4f} |")
     shifts = {n: params[n]["shift_x2_steps"] for n in names}
-    overall.setdefault(model, {})["width"] = {"shift_x2_steps": shifts, "tuned_muP_worse_at": worse}
+    overall.setdefault(model, {})[f"width-{data}"] = {
+        "shift_x2_steps": shifts,
+        "tuned_muP_worse_at": worse,
+    }
     lines += ["", "Optimum LR moves over 8x width (x2 steps; target <= 0.5 for muP): "
               + ", ".join(f"{n} {v:.2f}" for n, v in shifts.items())
               + ". Tuned muP is " + (f"worse than tuned SP at widths {worse}" if worse
@@ -545,8 +559,8 @@ def plot(models: list[str], png: Path) -> None:
     figure.tight_layout()
     figure.savefig(png, dpi=100)
     plt.close(figure)
-    widths = {m: json.loads(f.read_text()) for m in models
-              if (f := STORE / m / "width.json").is_file()}  # fmt: skip
+    widths = {f"{m} {d}": json.loads(f.read_text()) for m in models for d in WIDTH_DATA
+              if (f := STORE / m / f"width-{d}.json").is_file()}  # fmt: skip
     if widths:
         figure, axes = plt.subplots(1, len(widths), figsize=(5 * len(widths), 3.6), squeeze=False)
         for axis, (model, result) in zip(axes[0], widths.items(), strict=True):
@@ -578,8 +592,10 @@ def main() -> None:
         store = Store(work, Pool())
         text_flags = None
         for model in args.models:
-            if "width" in args.phases:
-                width_phase(store, model)
+            for data in WIDTH_DATA if "width" in args.phases else []:
+                if data == "text" and text_flags is None:
+                    text_flags = shakespeare_flags(work)
+                width_phase(store, model, data, text_flags if data == "text" else "")
             if "cells" not in args.phases:
                 continue
             fitted = fit(store, model)
