@@ -354,13 +354,15 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
 
     tune = tuned_mup(store, model, data, data_flags)
     tuned_flags = tune["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
+    # Where each grid starts (x2 steps; grown while the best is on an edge): muP's optimum
+    # should stay put, SP's falls about as 1/width (Adam).
     params = {
-        "SP": ("--no-mup", [2.0**-k for k in range(11, 6, -1)]),
-        "muP": (MUP, [2.0**-k for k in range(8, 3, -1)]),
-        "muP tuned": (f"{MUP} {tuned_flags}", [2.0**-k for k in range(8, 3, -1)]),
+        "SP": ("--no-mup", lambda width: 2.0**-6 * BASE / width),
+        "muP": (MUP, lambda width: 2.0**-6),
+        "muP tuned": (f"{MUP} {tuned_flags}", lambda width: 2.0**-6),
     }
     out = {"tune": tune, "widths": WIDTHS, "data": data, "params": {}}
-    for param, (flags, start) in params.items():
+    for param, (flags, centre) in params.items():
         extra = f"{MODELS[model]} {flags} {data_flags}"
         rows = {}
         for width in WIDTHS:
@@ -370,7 +372,8 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
             def make(lrs, seeds=(0,), cell=cell, extra=extra):
                 return make_spec("wsd", cell, lrs, extra, seeds)
 
-            grid = grow(store, name, make, list(start), f"{model} {data} {param} w{width}")
+            start = [centre(width) * 2.0**k for k in range(-2, 3)]
+            grid = grow(store, name, make, start, f"{model} {data} {param} w{width}")
             best = min(grid, key=grid.get)
             store.add(name, make([best], SEEDS))
             store.run(f"{model} {data} {param} w{width}: seeds")
