@@ -56,7 +56,8 @@ MODELS = {
 }
 BASE = 32  # the proxies' width and the muP base width
 SEQ = 64
-MUP = f"--mup-base-hidden-size {BASE}"
+# The embedded model's base multipliers (pretrain's default muP), at this base width.
+MUP = f"--mup-base-hidden-size {BASE} --mup-embedding-multiplier 4 --mup-residual-multiplier 0.5"
 FIT_LRS = [2.0**-k for k in range(9, 1, -1)]  # 0.002 .. 0.25
 FIT_BATCHES = [4, 16]
 FIT_TOKENS = [25_600, 51_200, 102_400]
@@ -337,7 +338,7 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
          "--tune-dir", str(store.work / name), "--hidden-size", str(BASE),
          "--lrs", *map(str, lrs), "--train-tokens", str(LARGEST),
          "--global-batch-size", str(WIDTH_BATCH), "--seq-length", str(SEQ),
-         "--extra-args", f"{MODELS[model]} {data_flags}".strip(),
+         "--extra-args", f"{MODELS[model]} --mup-residual-multiplier 0.5 {data_flags}".strip(),
          *(str(word) for flag, values in TUNE_CANDIDATES.items() for word in (flag, *values))],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -358,7 +359,7 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
     # should stay put, SP's falls about as 1/width (Adam).
     params = {
         "SP": ("--no-mup", lambda width: 2.0**-6 * BASE / width),
-        "muP": (MUP, lambda width: 2.0**-6),
+        "muP": (MUP, lambda width: 2.0**-6),  # the embedded multipliers
         "muP tuned": (f"{MUP} {tuned_flags}", lambda width: 2.0**-6),
     }
     out = {"tune": tune, "widths": WIDTHS, "data": data, "params": {}}
