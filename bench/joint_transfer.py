@@ -210,6 +210,44 @@ def fit(store: Store, model: str) -> dict:
     return report
 
 
+TAIL_FRACTIONS = [0.2, 0.4, 0.6, 0.8]  # 0.2: the fit sweep's own
+
+
+def fit_tail(store: Store, model: str, report: dict) -> dict:
+    """Phase 1b, the tail the held-out data asked for: in every proxy cell, at its best grid
+    LR, the exponential_e tail over 40-80% of the run beside the fit's 20%; the length
+    whose loss, relative to the 20% tail, is lowest on average transfers as a fraction."""
+    extra = f"{MODELS[model]} {MUP}"
+    jobs = []
+    for entry in report["cells"]:
+        lrs, losses = entry["lrs"], entry["losses"]
+        lr = lrs[losses.index(min(losses))]
+        proxy = Cell("proxy", BASE, entry["train_tokens"], entry["global_batch_size"])
+        for fraction in TAIL_FRACTIONS[1:]:
+            name = f"{model}/tail/f{fraction:g}-t{proxy.tokens}-b{proxy.batch}"
+            spec = make_spec("wsd", proxy, [lr], extra, fraction=fraction)
+            store.add(name, spec)
+            jobs.append((entry, lr, fraction, name, spec))
+    store.run(f"{model}: tail length")
+    relative = {fraction: [] for fraction in TAIL_FRACTIONS}
+    cells = []
+    for entry in report["cells"]:
+        lr = entry["lrs"][entry["losses"].index(min(entry["losses"]))]
+        row = {"batch": entry["global_batch_size"], "tokens": entry["train_tokens"], "lr": lr,
+               "losses": {"0.2": min(entry["losses"])}}  # fmt: skip
+        for job_entry, _, fraction, name, spec in jobs:
+            if job_entry is entry:
+                row["losses"][f"{fraction:g}"] = store.losses(name, spec)[lr, 0]
+        for fraction in TAIL_FRACTIONS:
+            relative[fraction].append(row["losses"][f"{fraction:g}"] / row["losses"]["0.2"])
+        cells.append(row)
+    mean = {f"{f:g}": statistics.fmean(v) for f, v in relative.items()}
+    chosen = float(min(mean, key=mean.get))
+    result = {"cells": cells, "mean_relative": mean, "fraction": chosen}
+    atomic_write_text(STORE / model / "tail.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def power_flags(report: dict) -> tuple[float, str, PowerLaw]:
     """(cap, the fitted flags but --lr, the fitted law) from ``megatron-power fit``."""
     flags = report["flags"]
@@ -238,7 +276,8 @@ def grow(store: Store, name: str, make, lrs: list[float], what: str) -> dict[flo
     return losses
 
 
-def tune_cell(store: Store, model: str, cell: Cell, report: dict, data_flags: str) -> dict:
+def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | None,
+              data_flags: str) -> dict:  # fmt: skip
     """Phase 2 in one cell: cosine and WSD tuned, Power fitted and the paper's, 3 seeds."""
     cap, fitted, law = power_flags(report)
     extra = f"{MODELS[model]} {MUP} {data_flags}"
@@ -294,6 +333,10 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, data_flags: st
                    "spec": wsd(fraction, shape)([wsd_lr], SEEDS)}  # fmt: skip
     power = make_spec("power", cell, [cap], f"{extra} {fitted}", SEEDS)
     rows["power"] = {"lr": cap, "name": f"{root}/power", "spec": power}
+    if tail is not None and tail["fraction"] != 0.2:  # the fitted tail length, same a, b, c
+        spec = make_spec("power", cell, [cap], f"{extra} {fitted}", SEEDS, tail["fraction"])
+        rows["power-tail"] = {"lr": cap, "fraction": tail["fraction"], "spec": spec,
+                              "name": f"{root}/power-tail-{tail['fraction']:g}"}  # fmt: skip
     paper = f"{extra} --lr-power-a {PAPER['a']} --lr-power-b {PAPER['b']}"
     rows["paper"] = {"lr": PAPER["cap"], "name": f"{root}/paper",
                      "spec": make_spec("power", cell, [PAPER["cap"]], paper, SEEDS)}  # fmt: skip
@@ -416,14 +459,21 @@ def entropy_rate(runs: Path, cell: Cell) -> float | None:
 
 
 # --------------------------------------------------------------------------- report
+#: The compared rows: (key in cell.json, label); the tuned ones set "best tuned".
+POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)"),
+              ("paper", "paper a=4 b=-0.51"))  # fmt: skip
+
+
 def ratios(result: dict) -> dict:
+    """Each Power row's loss / best tuned, and (known entropy H) its excess-loss ratio."""
     best = min(result["wsd"]["mean"], result["cosine"]["mean"])
     floor = result.get("entropy_rate")
-    out = {"best": best, "power": result["power"]["mean"] / best,
-           "paper": result["paper"]["mean"] / best}  # fmt: skip
-    if floor is not None:
-        out["power_excess"] = (result["power"]["mean"] - floor) / (best - floor)
-        out["paper_excess"] = (result["paper"]["mean"] - floor) / (best - floor)
+    out = {"best": best}
+    for key, _ in POWER_ROWS:
+        if key in result:
+            out[key] = result[key]["mean"] / best
+            if floor is not None:
+                out[f"{key} excess"] = (result[key]["mean"] - floor) / (best - floor)
     return out
 
 
@@ -431,64 +481,84 @@ def report(models: list[str]) -> str:
     lines = [
         "# Joint transfer: Power fitted once on width-32 proxies, used unchanged",
         "",
-        f"Proxies: GPT {BASE} wide (= muP base width), 2 layers, head dim 16, seq {SEQ}; MoE: "
-        f"8 experts, top-2. Fit: WSD (exponential_e tail over 20%) sweeps of {len(FIT_LRS)} "
-        f"LRs x batch {FIT_BATCHES} x tokens {FIT_TOKENS}, then `megatron-power fit`. Held-out "
+        f"Proxies: GPT {BASE} wide (= muP base width, the embedded model's multipliers: "
+        f"embedding 4, residual 0.5), 2 layers, head dim 16, seq {SEQ}; MoE: 8 experts, "
+        f"top-2. Fit: WSD (exponential_e tail over 20%) sweeps of {len(FIT_LRS)} LRs x batch "
+        f"{FIT_BATCHES} x tokens {FIT_TOKENS}, then `megatron-power fit`; the fitted tail: "
+        "the tail length (20-80%) that the proxies preferred at their best LR. Held-out "
         "cells: loss = mean of seeds 0-2 ± sd; cosine and WSD tuned in the cell (LR grid, "
-        "then WSD's decay length and shape at its best LR). Data: the synthetic Markov "
-        "source (entropy rate H known) unless the cell says text (Shakespeare, 512-piece BPE).",
+        "then WSD's decay length and shape at its best LR); ratio = row / best tuned. Data: "
+        "the synthetic Markov source (entropy rate H known; excess = (loss - H) / (best "
+        "tuned - H)) unless the cell says text (Shakespeare, 512-piece BPE).",
         "",
     ]  # fmt: skip
     overall = {}
     for model in models:
         fit_file = STORE / model / "fit.json"
+        lines.append(f"## {model}")
         if not fit_file.is_file():
-            lines += [f"## {model}", "", "fit not yet run.", *width_report(model, overall), ""]
+            lines += ["", "fit not yet run.", *width_report(model, overall), ""]
             continue
         fitted = json.loads(fit_file.read_text())[0]
-        lines += [f"## {model}", "", f"Fitted flags: `{' '.join(fitted['flags'])}`", ""]
-        header = ["cell", "width", "tokens", "batch", "cosine (tuned)", "WSD (tuned)",
-                  "Power (fitted)", "paper a=4 b=-0.51", "Power / best", "excess ratio",
-                  "paper / best"]  # fmt: skip
+        tail_file = STORE / model / "tail.json"
+        tail = json.loads(tail_file.read_text()) if tail_file.is_file() else None
+        lines += ["", f"Fitted flags: `{' '.join(fitted['flags'])}`"
+                  + (f"; fitted tail: {tail['fraction']:g} of the run (mean loss relative to "
+                     "the 20% tail: " + ", ".join(f"{f} {v:.4f}" for f, v in
+                                                    tail["mean_relative"].items()) + ")"
+                     if tail else ""), ""]  # fmt: skip
+        header = ["cell", "width", "tokens", "batch", "cosine (tuned)", "WSD (tuned)"]
+        header += [label for _, label in POWER_ROWS]
+        header += [f"{label} ratio (excess)" for _, label in POWER_ROWS]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found = []
         for cell in CELLS:
             file = STORE / model / cell.name / "cell.json"
+            start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
+            start += f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
             if not file.is_file():
-                batch = cell.schedule or cell.batch
-                lines.append(f"| {cell.name} | {cell.width} | {cell.tokens:,} | {batch} | "
-                             "not yet run |" + " |" * 6)  # fmt: skip
+                lines.append(start + "not yet run |" + " |" * (len(header) - 5))
                 continue
             result = json.loads(file.read_text())
             r = ratios(result)
-            found.append((cell, r))
+            found.append(r)
             wsd = result["wsd"]
-            lines.append(
-                f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
-                f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
-                f"{fmt(result['cosine'])} @ {result['cosine']['lr']:.3g} | "
-                f"{fmt(wsd)} @ {wsd['lr']:.3g} {wsd['shape']} {wsd['fraction']:g} | "
-                f"{fmt(result['power'])} | {fmt(result['paper'])} | {r['power']:.4f} | "
-                + (f"{r['power_excess']:.3f}" if "power_excess" in r else "-")
-                + f" | {r['paper']:.4f} |"
-            )
-        if found:
-            values = [r["power"] for _, r in found]
-            excess = [r["power_excess"] for _, r in found if "power_excess" in r]
-            target = 1.005 if model == "dense" else 1.01
-            overall[model] = {"mean": statistics.fmean(values), "worst": max(values),
-                              "excess_mean": statistics.fmean(excess) if excess else None,
-                              "excess_worst": max(excess) if excess else None,
-                              "cells": len(found), "of": len(CELLS)}  # fmt: skip
-            lines += ["", f"Power / best tuned over {len(found)} of {len(CELLS)} cells: mean "
-                      f"{overall[model]['mean']:.4f}, worst {max(values):.4f} (targets: mean "
-                      f"<= 1.000, worst <= {target})"
-                      + (f"; excess ratio mean {overall[model]['excess_mean']:.3f}, worst "
-                         f"{overall[model]['excess_worst']:.3f} (target <= 1.00)" if excess else "")
+            values = [fmt(result[k]) if k in result else "-" for k, _ in POWER_ROWS]
+            values += [ratio_text(r, k) for k, _ in POWER_ROWS]
+            lines.append(start + f"{fmt(result['cosine'])} @ {result['cosine']['lr']:.3g} | "
+                         f"{fmt(wsd)} @ {wsd['lr']:.3g} {wsd['shape']} {wsd['fraction']:g} | "
+                         + " | ".join(values) + " |")  # fmt: skip
+        target = 1.005 if model == "dense" else 1.01
+        overall[model] = {"cells": len(found), "of": len(CELLS)}
+        for key, label in POWER_ROWS:
+            values = [r[key] for r in found if key in r]
+            if not values:
+                continue
+            excess = [r[f"{key} excess"] for r in found if f"{key} excess" in r]
+            summary = {"mean": statistics.fmean(values), "worst": max(values),
+                       "excess_mean": statistics.fmean(excess) if excess else None,
+                       "excess_worst": max(excess) if excess else None}  # fmt: skip
+            overall[model][key] = summary
+            lines += ["", f"{label} / best tuned over {len(values)} of {len(CELLS)} cells: "
+                      f"mean {summary['mean']:.4f}, worst {summary['worst']:.4f} (targets: "
+                      f"mean <= 1.000, worst <= {target})"
+                      + (f"; excess ratio mean {summary['excess_mean']:.3f}, worst "
+                         f"{summary['excess_worst']:.3f} (target <= 1.00)" if excess else "")
                       + "."]  # fmt: skip
         lines += width_report(model, overall)
         lines.append("")
     return "\n".join(lines) + "\n", overall
+
+
+def ratio_text(r: dict, key: str) -> str:
+    if key not in r:
+        return "-"
+    excess = r.get(f"{key} excess")
+    return f"{r[key]:.4f}" + (f" ({excess:.3f})" if excess is not None else "")
+
+
+def fmt(entry: dict) -> str:
+    return f"{entry['mean']:.4f} ± {entry['sd']:.4f}"
 
 
 def width_report(model: str, overall: dict) -> list[str]:
@@ -532,10 +602,6 @@ def width_table(model: str, data: str, overall: dict) -> list[str]:
     return lines
 
 
-def fmt(entry: dict) -> str:
-    return f"{entry['mean']:.4f} ± {entry['sd']:.4f}"
-
-
 def plot(models: list[str], png: Path) -> None:
     """Ratio per cell, and the LR curves of the compared schedules in each cell."""
     import matplotlib
@@ -547,15 +613,28 @@ def plot(models: list[str], png: Path) -> None:
                if (f := STORE / m / c.name / "cell.json").is_file()}  # fmt: skip
     if not results:
         return
-    figure, axes = plt.subplots(1, 1 + len(results), figsize=(4.2 * (1 + len(results)), 3.6))
+    columns = min(4, 1 + len(results))
+    rows_of_panels = math.ceil((1 + len(results)) / columns)
+    figure, grid = plt.subplots(rows_of_panels, columns, squeeze=False,
+                                figsize=(4.2 * columns, 3.6 * rows_of_panels))  # fmt: skip
+    axes = list(grid.flat)
+    for spare in axes[1 + len(results) :]:
+        spare.set_visible(False)
     names = [f"{m} {c}" for m, c in results]
-    axes[0].bar(names, [ratios(r)["power"] for r in results.values()], color="C2")
+    rows = [key for key, _ in POWER_ROWS if key != "paper"]
+    for offset, key in enumerate(rows):
+        axes[0].bar([i + 0.4 * offset for i in range(len(names))],
+                    [ratios(r).get(key, math.nan) for r in results.values()], width=0.4,
+                    label=dict(POWER_ROWS)[key])  # fmt: skip
+    axes[0].set_xticks(range(len(names)), names)
+    axes[0].legend(fontsize=7)
     axes[0].axhline(1.0, color="grey", linestyle=":")
     axes[0].set(title="Power (fitted) / best tuned", ylim=(0.98, 1.03))
     axes[0].tick_params(axis="x", rotation=60, labelsize=7)
-    for axis, ((model, name), result) in zip(axes[1:], results.items(), strict=True):
-        for key, label in (("cosine", "cosine"), ("wsd", "WSD"), ("power", "Power"),
-                           ("paper", "paper")):  # fmt: skip
+    for axis, ((model, name), result) in zip(axes[1:], results.items(), strict=False):
+        for key, label in (("cosine", "cosine (tuned)"), ("wsd", "WSD (tuned)"), *POWER_ROWS):
+            if not result.get(key, {}).get("lr_curve"):
+                continue
             tokens, lrs = zip(*result[key]["lr_curve"], strict=True)
             axis.plot(tokens, lrs, label=label)
         axis.set(title=f"{model} {name}", xlabel="tokens", ylabel="LR")
@@ -603,10 +682,12 @@ def main() -> None:
             if "cells" not in args.phases:
                 continue
             fitted = fit(store, model)
+            tail = fit_tail(store, model, fitted)
             for cell in (c for c in CELLS if c.name in args.cells):
                 if cell.data == "text" and text_flags is None:
                     text_flags = shakespeare_flags(work)
-                tune_cell(store, model, cell, fitted, text_flags if cell.data == "text" else "")
+                data_flags = text_flags if cell.data == "text" else ""
+                tune_cell(store, model, cell, fitted, tail, data_flags)
     text, overall = report(list(MODELS))
     print(text)
     atomic_write_text(RESULTS / "joint_transfer.md", text)
