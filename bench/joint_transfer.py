@@ -9,9 +9,11 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    tokens (Megatron-LM 0.18's), and the 8x-width cell on Shakespeare (a BPE text the fit
    never saw). In each cell cosine and WSD are tuned: an LR grid (x2 steps around the
    fit's prediction, grown while the best LR is on its edge), then WSD's decay length and
-   shape at its best LR (lengths grown while the best is on the edge); the best of each
-   reruns with seeds 1 and 2. Power takes the fitted flags as they are, the paper's a=4,
-   b=-0.51, cap 0.02 is a reported row; both with seeds 0-2;
+   shape at its best LR (lengths grown while the best is on the edge), then the LR grid
+   again for the chosen length and shape; the best of each reruns with seeds 1 and 2.
+   Power takes the fitted flags as they are, the paper's a=4, b=-0.51, cap 0.02 is a
+   reported row; both with seeds 0-2. A probe scales the fitted-tail Power's whole LR
+   (x0.25, x0.5, x2, seed 0), to tell a wrong LR level from a wrong shape;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width, each LR-tuned at widths 32, 128, 256
@@ -65,6 +67,7 @@ SEEDS = [0, 1, 2]
 PAPER = {"a": 4.0, "b": -0.51, "cap": 0.02}
 WSD_LENGTHS = [0.1, 0.2, 0.4]  # decay fraction; grown to 0.6 and 0.8 while 0.4 is best
 WSD_SHAPES = ["exponential_e", "linear", "minus_sqrt", "cosine"]
+PROBE_SCALES = [0.25, 0.5, 2.0]  # the diagnosis: Power's whole LR scaled (1 = as fitted)
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,12 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
             wsd_name(best_length, shape), wsd(best_length, shape)([wsd_lr]), diverged_ok=True
         )[wsd_lr, 0]
     fraction, shape = min(tried, key=tried.get)
+    if (fraction, shape) != (0.2, "exponential_e"):  # the LR again, for the chosen tail
+        around = [wsd_lr * 2.0**k for k in (-1, 0, 1, 2)]
+        grid = grow(store, wsd_name(fraction, shape), wsd(fraction, shape), around,
+                    f"{root}: WSD LR for {shape} {fraction:g}")  # fmt: skip
+        wsd_lr = min(grid, key=grid.get)
+        tried[fraction, shape] = grid[wsd_lr]
     rows["wsd"] = {"lr": wsd_lr, "grid": grid, "fraction": fraction, "shape": shape,
                    "variants": {f"{s} {f:g}": v for (f, s), v in tried.items()},
                    "name": wsd_name(fraction, shape),
@@ -340,6 +349,17 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
     paper = f"{extra} --lr-power-a {PAPER['a']} --lr-power-b {PAPER['b']}"
     rows["paper"] = {"lr": PAPER["cap"], "name": f"{root}/paper",
                      "spec": make_spec("power", cell, [PAPER["cap"]], paper, SEEDS)}  # fmt: skip
+    # Diagnosis, not a tuned row: the fitted-tail Power with its whole LR (a and the cap)
+    # scaled, seed 0. A best scale of 1 puts the gap on the shape; another, on the level
+    # that the fit and muP's transfer gave this cell.
+    fraction = tail["fraction"] if tail is not None else 0.2
+    probes = {}
+    for scale in PROBE_SCALES:
+        flags = (f"{extra} --lr-power-batch-exponent {law.batch_exponent} "
+                 f"--lr-power-a {law.a * scale:.6g} --lr-power-b {law.b}")  # fmt: skip
+        spec = make_spec("power", cell, [cap * scale], flags, fraction=fraction)
+        probes[scale] = (f"{root}/probe-x{scale:g}", spec)
+        store.add(*probes[scale])
     for row in rows.values():
         store.add(row["name"], row["spec"])
     store.run(f"{root}: seeds")
@@ -352,6 +372,11 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
         row["grid"] = {f"{lr:g}": v for lr, v in row.get("grid", {}).items()}
         row["lr_curve"] = lr_curve(store.work / row["name"] / "runs", row["lr"])
         result[key] = row
+    tail_key = "power-tail" if "power-tail" in result else "power"
+    probe = {"1": result[tail_key]["losses"][0]}
+    for scale, (name, spec) in probes.items():
+        probe[f"{scale:g}"] = store.losses(name, spec, diverged_ok=True)[cap * scale, 0]
+    result["probe"] = {"row": tail_key, "seed0_loss_by_scale": probe}
     result["entropy_rate"] = entropy_rate(store.work / rows["power"]["name"] / "runs", cell)
     earlier = STORE / root / "cell.json"  # what another machine's run dirs gave
     if earlier.is_file():
@@ -487,9 +512,13 @@ def report(models: list[str]) -> str:
         f"{FIT_BATCHES} x tokens {FIT_TOKENS}, then `megatron-power fit`; the fitted tail: "
         "the tail length (20-80%) that the proxies preferred at their best LR. Held-out "
         "cells: loss = mean of seeds 0-2 ± sd; cosine and WSD tuned in the cell (LR grid, "
-        "then WSD's decay length and shape at its best LR); ratio = row / best tuned. Data: "
+        "then WSD's decay length and shape at its best LR, then the LR again for that "
+        "tail); ratio = row / best tuned. Data: "
         "the synthetic Markov source (entropy rate H known; excess = (loss - H) / (best "
-        "tuned - H)) unless the cell says text (Shakespeare, 512-piece BPE).",
+        "tuned - H)) unless the cell says text (Shakespeare, 512-piece BPE). The LR scale "
+        "probe (a diagnosis, seed 0): the fitted-tail Power with its whole LR (a and the cap) "
+        "x0.25, x0.5, x2; a best scale other than 1 puts the gap on the LR level that the fit "
+        "and muP's transfer gave the cell, x1 on the schedule's shape.",
         "",
     ]  # fmt: skip
     overall = {}
@@ -510,6 +539,7 @@ def report(models: list[str]) -> str:
         header = ["cell", "width", "tokens", "batch", "cosine (tuned)", "WSD (tuned)"]
         header += [label for _, label in POWER_ROWS]
         header += [f"{label} ratio (excess)" for _, label in POWER_ROWS]
+        header += ["Power LR scale probe: best x (loss / x1)"]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found = []
         for cell in CELLS:
@@ -525,6 +555,7 @@ def report(models: list[str]) -> str:
             wsd = result["wsd"]
             values = [fmt(result[k]) if k in result else "-" for k, _ in POWER_ROWS]
             values += [ratio_text(r, k) for k, _ in POWER_ROWS]
+            values.append(probe_text(result))
             lines.append(start + f"{fmt(result['cosine'])} @ {result['cosine']['lr']:.3g} | "
                          f"{fmt(wsd)} @ {wsd['lr']:.3g} {wsd['shape']} {wsd['fraction']:g} | "
                          + " | ".join(values) + " |")  # fmt: skip
@@ -548,6 +579,15 @@ def report(models: list[str]) -> str:
         lines += width_report(model, overall)
         lines.append("")
     return "\n".join(lines) + "\n", overall
+
+
+def probe_text(result: dict) -> str:
+    """The scale of Power's LR that did best at seed 0, and its loss relative to x1."""
+    if "probe" not in result:
+        return "-"
+    losses = result["probe"]["seed0_loss_by_scale"]
+    best = min(losses, key=losses.get)
+    return f"x{best} ({losses[best] / losses['1']:.4f})"
 
 
 def ratio_text(r: dict, key: str) -> str:
