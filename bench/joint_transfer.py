@@ -10,7 +10,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    never saw). In each cell cosine and WSD are tuned: an LR grid (x2 steps around the
    fit's prediction, grown while the best LR is on its edge), then WSD's decay length and
    shape at its best LR (lengths grown while the best is on the edge), then the LR grid
-   again for the chosen length and shape; the best of each reruns with seeds 1 and 2.
+   for that tail, alternating until the LR stays (at most 3 rounds); the best of each
+   reruns with seeds 1 and 2.
    Power takes the fitted flags as they are, the paper's a=4, b=-0.51, cap 0.02 is a
    reported row; both with seeds 0-2. A probe scales the fitted-tail Power's whole LR
    (x0.25, x0.5, x2, seed 0), to tell a wrong LR level from a wrong shape;
@@ -305,40 +306,51 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
     def wsd_name(fraction, shape):
         return f"{root}/wsd-{shape}-{fraction:g}"
 
+    def tail_at(lr: float) -> dict[tuple[float, str], float]:
+        """Seed-0 losses at ``lr``: exponential_e tail lengths (grown while the longest is
+        best), then the other shapes at the best length."""
+        tried, lengths = {}, list(WSD_LENGTHS)
+        while True:
+            for fraction in lengths:
+                store.add(wsd_name(fraction, "exponential_e"), wsd(fraction, "exponential_e")([lr]))
+            store.run(f"{root}: WSD decay length at {lr:g}")
+            for fraction in lengths:
+                spec = wsd(fraction, "exponential_e")([lr])
+                tried[fraction, "exponential_e"] = store.losses(
+                    wsd_name(fraction, "exponential_e"), spec, diverged_ok=True)[lr, 0]  # fmt: skip
+            best_length = min(lengths, key=lambda f: tried[f, "exponential_e"])
+            if best_length != lengths[-1] or lengths[-1] >= 0.8:
+                break
+            lengths.append(round(lengths[-1] + 0.2, 1))
+        for shape in WSD_SHAPES[1:]:
+            store.add(wsd_name(best_length, shape), wsd(best_length, shape)([lr]))
+        store.run(f"{root}: WSD decay shape at {lr:g}")
+        for shape in WSD_SHAPES[1:]:
+            tried[best_length, shape] = store.losses(
+                wsd_name(best_length, shape), wsd(best_length, shape)([lr]), diverged_ok=True
+            )[lr, 0]
+        return tried
+
+    # Coordinate search: the LR (20% exponential_e tail), then the tail at that LR, then
+    # the LR for that tail, ... until the LR stays (at most 3 rounds).
     grid = grow(store, wsd_name(0.2, "exponential_e"), wsd(0.2, "exponential_e"), list(start),
                 f"{root}: WSD LR")  # fmt: skip
     wsd_lr = min(grid, key=grid.get)
-    tried = {(0.2, "exponential_e"): grid[wsd_lr]}
-    lengths = list(WSD_LENGTHS)
-    while True:  # decay length at the best LR, grown while the longest is best
-        for fraction in lengths:
-            store.add(wsd_name(fraction, "exponential_e"), wsd(fraction, "exponential_e")([wsd_lr]))
-        store.run(f"{root}: WSD decay length")
-        for fraction in lengths:
-            spec = wsd(fraction, "exponential_e")([wsd_lr])
-            tried[fraction, "exponential_e"] = store.losses(
-                wsd_name(fraction, "exponential_e"), spec, diverged_ok=True)[wsd_lr, 0]  # fmt: skip
-        best_length = min(lengths, key=lambda f: tried[f, "exponential_e"])
-        if best_length != lengths[-1] or lengths[-1] >= 0.8:
-            break
-        lengths.append(round(lengths[-1] + 0.2, 1))
-    for shape in WSD_SHAPES[1:]:
-        store.add(wsd_name(best_length, shape), wsd(best_length, shape)([wsd_lr]))
-    store.run(f"{root}: WSD decay shape")
-    for shape in WSD_SHAPES[1:]:
-        tried[best_length, shape] = store.losses(
-            wsd_name(best_length, shape), wsd(best_length, shape)([wsd_lr]), diverged_ok=True
-        )[wsd_lr, 0]
-    fraction, shape = min(tried, key=tried.get)
-    if (fraction, shape) != (0.2, "exponential_e"):  # the LR again, for the chosen tail
+    variants: dict[str, float] = {}
+    for _ in range(3):
+        tried = tail_at(wsd_lr)
+        variants.update({f"{s} {f:g} @ {wsd_lr:g}": v for (f, s), v in tried.items()})
+        fraction, shape = min(tried, key=tried.get)
         around = [wsd_lr * 2.0**k for k in (-1, 0, 1, 2)]
         grid = grow(store, wsd_name(fraction, shape), wsd(fraction, shape), around,
                     f"{root}: WSD LR for {shape} {fraction:g}")  # fmt: skip
-        wsd_lr = min(grid, key=grid.get)
-        tried[fraction, shape] = grid[wsd_lr]
+        best_lr = min(grid, key=grid.get)
+        variants[f"{shape} {fraction:g} @ {best_lr:g}"] = grid[best_lr]
+        if best_lr == wsd_lr:
+            break
+        wsd_lr = best_lr
     rows["wsd"] = {"lr": wsd_lr, "grid": grid, "fraction": fraction, "shape": shape,
-                   "variants": {f"{s} {f:g}": v for (f, s), v in tried.items()},
-                   "name": wsd_name(fraction, shape),
+                   "variants": variants, "name": wsd_name(fraction, shape),
                    "spec": wsd(fraction, shape)([wsd_lr], SEEDS)}  # fmt: skip
     power = make_spec("power", cell, [cap], f"{extra} {fitted}", SEEDS)
     rows["power"] = {"lr": cap, "name": f"{root}/power", "spec": power}
@@ -512,8 +524,8 @@ def report(models: list[str]) -> str:
         f"{FIT_BATCHES} x tokens {FIT_TOKENS}, then `megatron-power fit`; the fitted tail: "
         "the tail length (20-80%) that the proxies preferred at their best LR. Held-out "
         "cells: loss = mean of seeds 0-2 ± sd; cosine and WSD tuned in the cell (LR grid, "
-        "then WSD's decay length and shape at its best LR, then the LR again for that "
-        "tail); ratio = row / best tuned. Data: "
+        "then WSD's decay length and shape at its best LR, then the LR for that tail, "
+        "alternating until the LR stays); ratio = row / best tuned. Data: "
         "the synthetic Markov source (entropy rate H known; excess = (loss - H) / (best "
         "tuned - H)) unless the cell says text (Shakespeare, 512-piece BPE). The LR scale "
         "probe (a diagnosis, seed 0): the fitted-tail Power with its whole LR (a and the cap) "
