@@ -252,11 +252,14 @@ def fit_tail(store: Store, model: str, report: dict) -> dict:
     return result
 
 
-def power_flags(report: dict) -> tuple[float, str, PowerLaw]:
-    """(cap, the fitted flags but --lr, the fitted law) from ``megatron-power fit``."""
+def power_flags(report: dict, scale: float = 1.0) -> tuple[float, str, PowerLaw]:
+    """(cap, the fitted flags but --lr, the fitted law) from ``megatron-power fit``; with
+    ``scale``, Power's whole LR (a and the cap) times it."""
     flags = report["flags"]
     values = dict(zip(flags[::2], flags[1::2], strict=True))
-    cap = float(values.pop("--lr"))
+    cap = float(values.pop("--lr")) * scale
+    if scale != 1.0:
+        values["--lr-power-a"] = f"{float(values['--lr-power-a']) * scale:.6g}"
     law = PowerLaw(a=float(values["--lr-power-a"]), b=float(values["--lr-power-b"]),
                    batch_exponent=float(values.get("--lr-power-batch-exponent", 1.0)))  # fmt: skip
     values.pop("--lr-decay-style")
@@ -364,14 +367,14 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
     # Diagnosis, not a tuned row: the fitted-tail Power with its whole LR (a and the cap)
     # scaled, seed 0. A best scale of 1 puts the gap on the shape; another, on the level
     # that the fit and muP's transfer gave this cell.
-    fraction = tail["fraction"] if tail is not None else 0.2
+    tail_key = "power-tail" if "power-tail" in rows else "power"
+    fraction = rows[tail_key].get("fraction", 0.2)
     probes = {}
     for scale in PROBE_SCALES:
-        flags = (f"{extra} --lr-power-batch-exponent {law.batch_exponent} "
-                 f"--lr-power-a {law.a * scale:.6g} --lr-power-b {law.b}")  # fmt: skip
-        spec = make_spec("power", cell, [cap * scale], flags, fraction=fraction)
-        probes[scale] = (f"{root}/probe-x{scale:g}", spec)
-        store.add(*probes[scale])
+        scaled_cap, scaled, _ = power_flags(report, scale)
+        spec = make_spec("power", cell, [scaled_cap], f"{extra} {scaled}", fraction=fraction)
+        probes[scale] = (f"{root}/probe-x{scale:g}", spec, scaled_cap)
+        store.add(*probes[scale][:2])
     for row in rows.values():
         store.add(row["name"], row["spec"])
     store.run(f"{root}: seeds")
@@ -384,10 +387,9 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
         row["grid"] = {f"{lr:g}": v for lr, v in row.get("grid", {}).items()}
         row["lr_curve"] = lr_curve(store.work / row["name"] / "runs", row["lr"])
         result[key] = row
-    tail_key = "power-tail" if "power-tail" in result else "power"
     probe = {"1": result[tail_key]["losses"][0]}
-    for scale, (name, spec) in probes.items():
-        probe[f"{scale:g}"] = store.losses(name, spec, diverged_ok=True)[cap * scale, 0]
+    for scale, (name, spec, scaled_cap) in probes.items():
+        probe[f"{scale:g}"] = store.losses(name, spec, diverged_ok=True)[scaled_cap, 0]
     result["probe"] = {"row": tail_key, "seed0_loss_by_scale": probe}
     result["entropy_rate"] = entropy_rate(store.work / rows["power"]["name"] / "runs", cell)
     earlier = STORE / root / "cell.json"  # what another machine's run dirs gave
