@@ -2,7 +2,8 @@
 
 1. fit runs (seeds 0-2): the proxy of bench/quality.py (GPT 64 wide, 2 layers, head_dim 16,
    seq 64, muP, the Markov source) for 614,400 tokens (300 steps of batch 32): constant and
-   cosine at LR 0.011, cosine at 0.022, WSD at 0.0055, and constant + WSD at batch 16;
+   cosine at LR 0.011, cosine at 0.022, WSD at 0.0055, and constant + WSD at batches 16
+   and 64 (three batch sizes: the law's batch terms need them);
 2. held-out runs (seeds 0-2): other decay shapes and lengths, 2x and 4x the horizon, a
    batch size the fit never saw (24), a step batch-size schedule (16 -> 32), WSD-S cycles,
    Power with its tail (the flags bench/quality.py fitted), a peak LR not in the fit; and
@@ -104,6 +105,8 @@ FIT = [
     wsd("WSD lr 0.0055 exp_e 20%", 0.0055, BATCH, FIT_TOKENS, "exponential_e", 0.2),
     plain("constant lr 0.011 b16", "constant", 0.011, 16, FIT_TOKENS),
     wsd("WSD lr 0.011 linear 20% b16", 0.011, 16, FIT_TOKENS, "linear", 0.2),
+    plain("constant lr 0.011 b64", "constant", 0.011, 64, FIT_TOKENS),
+    wsd("WSD lr 0.011 linear 20% b64", 0.011, 64, FIT_TOKENS, "linear", 0.2),
 ]
 STEP_SCHEDULE = f"0:16 {FIT_TOKENS}:32"
 HELD_OUT = [

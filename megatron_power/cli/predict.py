@@ -10,7 +10,8 @@ the flags' budget.
 
 The fit needs at least two runs with different schedules, one of which decays its LR
 (a constant and a cosine run is the papers' minimum); runs of one schedule with several
-seeds are averaged. Predicting another batch size needs runs at two batch sizes.
+seeds are averaged. Predicting another batch size needs runs at two batch sizes (three
+let the fit see how progress and noise change with the batch).
 
     megatron-power predict --fit runs/const runs/cosine --lr 0.01 --lr-decay-style WSD \\
         --lr-wsd-decay-style linear --lr-wsd-decay-iters 200 --train-iters 1000 \\
@@ -257,7 +258,7 @@ class Scope:
 
 
 # ------------------------------------------------------------------- saved fits
-FIT_FORMAT = "megatron-power predict fit, version 1"
+FIT_FORMAT = "megatron-power predict fit, version 2"  # 2: the progress batch term mu
 
 
 def save_fit(path: Path, fitted: Fit, scope: Scope, runs: list[str]) -> None:

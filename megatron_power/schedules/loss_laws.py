@@ -17,12 +17,15 @@ runs of the same model and data:
   written here as the same sum over LR drops, each drop's gain saturating as
   ``1 - lambda^(steps since)`` (``B = C / (1 - lambda)``).
 
-Two generalisations, each reducing to the paper's law in the paper's setting (one peak LR,
-one batch size): the drop terms use a *temperature* ``eta (B_ref / batch)^nu`` (SGD noise
-scales with LR / batch; ``nu`` is fitted when the runs have two batch sizes, else 0), and
-the constant-LR plateau sits ``B x temperature`` above ``L0`` (the loss an infinitely slow
-anneal reaches), so runs at different peak LRs or batches share one ``L0``. With a single
-peak and batch, the paper's L0 is this L0 + B eta_peak.
+Three generalisations, each reducing to the paper's law in the paper's setting (one peak
+LR, one batch size): the LR areas (S1, S_k) sum ``eta (batch / B_ref)^mu``, an update's
+*progress* (``mu`` = 1: the same per token at any batch, below the critical batch; 0: the
+same per update, far above it); the drop terms use a *temperature* ``eta (B_ref /
+batch)^nu`` (SGD noise scales with LR / batch); and the constant-LR plateau sits ``B x
+temperature`` above ``L0`` (the loss an infinitely slow anneal reaches), so runs at
+different peak LRs or batches share one ``L0``. ``mu`` and ``nu`` are fitted when the runs
+have two batch sizes or more, else 0 (the batch cannot be seen). With a single peak and
+batch, the paper's L0 is this L0 + B eta_peak.
 
 Pure: numpy and scipy only (scipy.optimize.least_squares fits the parameters).
 """
@@ -120,7 +123,7 @@ MULTI_POWER = Law(
     "Schedules, arXiv 2503.12811",
     (("L0", 0.0, math.inf, False), ("A", 1e-6, 1e6, True), ("alpha", 0.01, 3.0, False),
      ("B", 1e-4, 1e5, True), ("C", 1e-4, 1e8, True), ("beta", 0.01, 5.0, False),
-     ("gamma", 0.0, 1.5, False), ("nu", 0.0, 2.0, False)),
+     ("gamma", 0.0, 1.5, False), ("nu", 0.0, 2.0, False), ("mu", 0.0, 1.5, False)),
     tuple({"alpha": alpha, "beta": beta, "gamma": gamma, "C": c}
           for alpha in (0.3, 0.6) for beta, gamma in ((0.5, 0.5), (1.5, 0.3))
           for c in (1.0, 100.0)),
@@ -130,7 +133,8 @@ ANNEALING = Law(
     "annealing",
     "Tissue et al. 2024, Scaling Law with Learning Rate Annealing, arXiv 2408.11029",
     (("L0", 0.0, math.inf, False), ("A", 1e-6, 1e6, True), ("alpha", 0.01, 3.0, False),
-     ("B", 1e-4, 1e5, True), ("lambda", 0.5, 0.99999, False), ("nu", 0.0, 2.0, False)),
+     ("B", 1e-4, 1e5, True), ("lambda", 0.5, 0.99999, False), ("nu", 0.0, 2.0, False),
+     ("mu", 0.0, 1.5, False)),
     tuple({"alpha": alpha, "lambda": lam} for alpha in (0.3, 0.6) for lam in (0.99, 0.999)),
     annealing_gain,
 )  # fmt: skip
@@ -142,8 +146,10 @@ def predict(law: Law, values: dict[str, float], trajectory: Trajectory, at: np.n
     """The loss after ``at`` updates (each in 1..steps) of ``trajectory``."""
     at = np.asarray(at, dtype=int)
     lrs, warmup = trajectory.lrs, trajectory.warmup_steps
-    temperature = lrs * np.power(reference_batch / trajectory.batches, values["nu"])
-    area = np.concatenate([[0.0], np.cumsum(lrs)])  # area[t]: sum of the first t LRs
+    relative_batch = trajectory.batches / reference_batch
+    temperature = lrs * np.power(relative_batch, -values["nu"])
+    # area[t]: the progress of the first t updates, each its LR x (batch / reference)^mu
+    area = np.concatenate([[0.0], np.cumsum(lrs * np.power(relative_batch, values["mu"]))])
     # The drops after warmup: update k's LR below update k-1's (a rise is a negative drop).
     k = np.arange(warmup, trajectory.steps)
     drops = temperature[k - 1] - temperature[k]
@@ -288,9 +294,10 @@ def fit(
     # the bound is the highest window (a noisy low window must not cap it).
     floor = min(m for _, parts in windows for _, m in parts)
     highs[index["L0"]] = max(m for _, parts in windows for _, m in parts)
-    frozen_nu = len(batches) == 1
-    if frozen_nu:  # one batch size: the temperature's batch term cannot be seen
-        highs[index["nu"]] = lows[index["nu"]] + 1e-12
+    frozen_batch = len(batches) == 1
+    if frozen_batch:  # one batch size: the batch terms cannot be seen
+        for name in ("nu", "mu"):
+            highs[index[name]] = lows[index[name]] + 1e-12
 
     def residuals(scaled: np.ndarray, which=None) -> np.ndarray:
         values = _unscale(law, scaled)
@@ -314,7 +321,8 @@ def fit(
     # A short descent from every start, then the best one to convergence.
     best = None
     for overrides in law.starts:
-        start = {"L0": 0.8 * floor, "A": 1.0, "B": 10.0, "nu": 0.0 if frozen_nu else 0.5}
+        start = {"L0": 0.8 * floor, "A": 1.0, "B": 10.0, "nu": 0.0 if frozen_batch else 0.5,
+                 "mu": 0.0 if frozen_batch else 0.5}
         start.update(overrides)
         scaled = np.array([math.log(start[n]) if log else start[n]
                            for n, _, _, log in law.parameters])  # fmt: skip

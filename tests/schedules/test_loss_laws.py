@@ -41,7 +41,8 @@ def cosine(steps: int, warmup: int, peak: float) -> np.ndarray:
     return lrs
 
 
-MPL = {"L0": 2.0, "A": 0.5, "alpha": 0.4, "B": 30.0, "C": 2.0, "beta": 0.6, "gamma": 0.5, "nu": 0.0}
+MPL = {"L0": 2.0, "A": 0.5, "alpha": 0.4, "B": 30.0, "C": 2.0, "beta": 0.6, "gamma": 0.5, "nu": 0.0,
+       "mu": 0.0}
 
 
 def multi_power_by_the_paper(lrs: np.ndarray, t: int, p: dict) -> float:
@@ -89,7 +90,8 @@ def test_multi_power_law_is_the_papers_formula(lrs):
 
 
 def test_annealing_law_is_the_papers_recursion():
-    values = {"L0": 2.0, "A": 0.5, "alpha": 0.4, "B": 30.0, "lambda": 0.98, "nu": 0.0}
+    values = {"L0": 2.0, "A": 0.5, "alpha": 0.4, "B": 30.0, "lambda": 0.98, "nu": 0.0,
+              "mu": 0.0}
     for lrs in (wsd(300, 20, 60, 0.01), cosine(300, 20, 0.02)):
         trajectory = Trajectory(lrs, np.full(len(lrs), 8))
         at = np.array([25, 100, 250, 260, 290, 300])
@@ -103,7 +105,7 @@ def test_hand_computed_value():
     0.5 at update 3 has seen S = 1 of LR area, x = 1 (gamma 0), G = 1 - 2^-1 = 0.5:
     L = 1 + 3^-1 + 2 x 1 - 2 x 0.5 x 0.5 = 2.8333..."""
     values = {"L0": 1.0, "A": 1.0, "alpha": 1.0, "B": 2.0, "C": 1.0, "beta": 1.0, "gamma": 0.0,
-              "nu": 0.0}  # fmt: skip
+              "nu": 0.0, "mu": 0.0}  # fmt: skip
     trajectory = Trajectory(np.array([1.0, 1.0, 0.5, 0.5]), np.ones(4))
     assert predict(MULTI_POWER, values, trajectory, np.array([4]), 1.0)[0] == pytest.approx(
         1 + 1 / 3 + 2 - 0.5, rel=1e-14
@@ -125,6 +127,52 @@ def test_temperature_makes_a_batch_increase_an_anneal():
     assert ramp < flat
     # Same drop in temperature, more LR area behind it: a gain at least as large.
     assert ramp <= anneal[0] + 1e-12
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, 1.0])
+def test_progress_per_update_grows_with_the_batch_as_mu_says(mu):
+    """A constant LR of 1 (no warmup, no drop), alpha 1, B 0: 100 updates at batch 16 have
+    LR area 100 x (16 / 8)^mu against batch 8's 200 updates' 200, so
+    L = 1 + 1 / area: equal at mu = 1 (progress per token), the larger batch behind below."""
+    values = {"L0": 1.0, "A": 1.0, "alpha": 1.0, "B": 1e-4, "C": 1.0, "beta": 1.0,
+              "gamma": 0.0, "nu": 0.0, "mu": mu}  # fmt: skip
+    large = predict(MULTI_POWER, values, Trajectory(np.ones(100), np.full(100, 16)),
+                    np.array([100]), 8)[0]  # fmt: skip
+    small = predict(MULTI_POWER, values, Trajectory(np.ones(200), np.full(200, 8)),
+                    np.array([200]), 8)[0]  # fmt: skip
+    plateau = 1e-4  # B x the peak temperature (nu 0)
+    assert large == pytest.approx(1 + plateau + 1 / (100 * 2**mu), rel=1e-12)
+    assert small == pytest.approx(1 + plateau + 1 / 200, rel=1e-12)
+
+
+def test_a_fit_on_three_batch_sizes_predicts_a_fourth():
+    """Curves at batches 8, 16 and 32 from a law whose progress and noise both depend on
+    the batch (mu 0.7, nu 0.5): the fit predicts a WSD run at batch 12, which it never saw,
+    and a 8 -> 32 batch step."""
+    rng = np.random.default_rng(1)
+    true = dict(MPL, mu=0.7, nu=0.5)
+    tokens = 2400  # in sequences: 300 updates at batch 8
+    runs = [(np.full(tokens // b, 0.01), b) for b in (8, 16, 32)]
+    runs += [(wsd(tokens // b, 10, tokens // b // 5, 0.01), b) for b in (8, 32)]
+    curves = []
+    for i, (lrs, batch) in enumerate(runs):
+        lrs[:10] = 0.01 * np.arange(10) / 10
+        trajectory = Trajectory(lrs, np.full(len(lrs), batch))
+        at = np.arange(1, len(lrs) + 1)
+        clean = predict(MULTI_POWER, true, trajectory, at, 8)
+        noisy = clean * (1 + 0.001 * rng.standard_normal(len(at)))
+        curves.append(Curve(f"run{i}", trajectory, at, noisy, clean[-1]))
+    fitted = fit(MULTI_POWER, curves)
+    assert fitted.reference_batch == 8
+    held_out = [Trajectory(wsd(200, 10, 40, 0.01, "cosine"), np.full(200, 12)),
+                Trajectory(wsd(150, 10, 30, 0.01), np.where(np.arange(150) < 100, 8, 32))]
+    for trajectory in held_out:
+        at = np.array([trajectory.steps])
+        expected = predict(MULTI_POWER, true, trajectory, at, 8)[0]
+        assert fitted.predict(trajectory, at)[0] == pytest.approx(expected, rel=2e-3)
+    # The same curves with progress per update (mu held at 0) miss the batch-12 run.
+    frozen = predict(MULTI_POWER, dict(fitted.values, mu=0.0), held_out[0], np.array([200]), 8)
+    assert abs(frozen[0] / predict(MULTI_POWER, true, held_out[0], np.array([200]), 8)[0] - 1) > 2e-3
 
 
 def test_fit_recovers_a_law_from_its_curves_and_predicts_another_schedule():
