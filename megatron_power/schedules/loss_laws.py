@@ -321,8 +321,13 @@ def fit(
     # A short descent from every start, then the best one to convergence.
     best = None
     for overrides in law.starts:
-        start = {"L0": 0.8 * floor, "A": 1.0, "B": 10.0, "nu": 0.0 if frozen_batch else 0.5,
-                 "mu": 0.0 if frozen_batch else 0.5}
+        start = {
+            "L0": 0.8 * floor,
+            "A": 1.0,
+            "B": 10.0,
+            "nu": 0.0 if frozen_batch else 0.5,
+            "mu": 0.0 if frozen_batch else 0.5,
+        }
         start.update(overrides)
         scaled = np.array([math.log(start[n]) if log else start[n]
                            for n, _, _, log in law.parameters])  # fmt: skip

@@ -41,8 +41,17 @@ def cosine(steps: int, warmup: int, peak: float) -> np.ndarray:
     return lrs
 
 
-MPL = {"L0": 2.0, "A": 0.5, "alpha": 0.4, "B": 30.0, "C": 2.0, "beta": 0.6, "gamma": 0.5, "nu": 0.0,
-       "mu": 0.0}
+MPL = {
+    "L0": 2.0,
+    "A": 0.5,
+    "alpha": 0.4,
+    "B": 30.0,
+    "C": 2.0,
+    "beta": 0.6,
+    "gamma": 0.5,
+    "nu": 0.0,
+    "mu": 0.0,
+}
 
 
 def multi_power_by_the_paper(lrs: np.ndarray, t: int, p: dict) -> float:
@@ -90,8 +99,7 @@ def test_multi_power_law_is_the_papers_formula(lrs):
 
 
 def test_annealing_law_is_the_papers_recursion():
-    values = {"L0": 2.0, "A": 0.5, "alpha": 0.4, "B": 30.0, "lambda": 0.98, "nu": 0.0,
-              "mu": 0.0}
+    values = {"L0": 2.0, "A": 0.5, "alpha": 0.4, "B": 30.0, "lambda": 0.98, "nu": 0.0, "mu": 0.0}
     for lrs in (wsd(300, 20, 60, 0.01), cosine(300, 20, 0.02)):
         trajectory = Trajectory(lrs, np.full(len(lrs), 8))
         at = np.array([25, 100, 250, 260, 290, 300])
@@ -164,15 +172,18 @@ def test_a_fit_on_three_batch_sizes_predicts_a_fourth():
         curves.append(Curve(f"run{i}", trajectory, at, noisy, clean[-1]))
     fitted = fit(MULTI_POWER, curves)
     assert fitted.reference_batch == 8
-    held_out = [Trajectory(wsd(200, 10, 40, 0.01, "cosine"), np.full(200, 12)),
-                Trajectory(wsd(150, 10, 30, 0.01), np.where(np.arange(150) < 100, 8, 32))]
+    held_out = [
+        Trajectory(wsd(200, 10, 40, 0.01, "cosine"), np.full(200, 12)),
+        Trajectory(wsd(150, 10, 30, 0.01), np.where(np.arange(150) < 100, 8, 32)),
+    ]
     for trajectory in held_out:
         at = np.array([trajectory.steps])
         expected = predict(MULTI_POWER, true, trajectory, at, 8)[0]
         assert fitted.predict(trajectory, at)[0] == pytest.approx(expected, rel=2e-3)
     # The same curves with progress per update (mu held at 0) miss the batch-12 run.
-    frozen = predict(MULTI_POWER, dict(fitted.values, mu=0.0), held_out[0], np.array([200]), 8)
-    assert abs(frozen[0] / predict(MULTI_POWER, true, held_out[0], np.array([200]), 8)[0] - 1) > 2e-3
+    at = np.array([200])
+    frozen = predict(MULTI_POWER, dict(fitted.values, mu=0.0), held_out[0], at, 8)[0]
+    assert abs(frozen / predict(MULTI_POWER, true, held_out[0], at, 8)[0] - 1) > 2e-3
 
 
 def test_fit_recovers_a_law_from_its_curves_and_predicts_another_schedule():
