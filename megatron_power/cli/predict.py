@@ -198,14 +198,26 @@ def read_runs(
         if valid is not None:
             group.valid_losses.append(valid)
     valid_set = json.loads(next(iter(valid_sets))) if valid_sets else None
-    for group in groups.values():
+    names = distinct_names([group.runs[0] for group in groups.values()])
+    for group, name in zip(groups.values(), names, strict=True):
         group.valid_set = valid_set
-        if len(group.runs) > 1:
-            group.name = f"{group.runs[0].name} (+{len(group.runs) - 1} runs)"
+        group.name = name if len(group.runs) == 1 else f"{name} (+{len(group.runs) - 1} runs)"
         final = float(np.mean(group.valid_losses)) if group.valid_losses else None
         group.curve = Curve(group.name, group.curve.trajectory, group.curve.at,
                             group.curve.losses, final)  # fmt: skip
     return list(groups.values())
+
+
+def distinct_names(paths: list[Path]) -> list[str]:
+    """Each path's shortest tail that no other path shares: sweeps of different schedules
+    name their runs alike (``runs/t614400-b32-h64-lr0.011-s0``), and a report keyed by the
+    last part alone would merge them."""
+    depth = 1
+    while True:
+        names = ["/".join(path.parts[-depth:]) for path in paths]
+        if len(set(names)) == len(names) or depth >= max(len(p.parts) for p in paths):
+            return names
+        depth += 1
 
 
 def check_one_validation_set(valid_sets: dict[str, Path], flag: str) -> None:

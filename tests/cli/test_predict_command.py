@@ -122,3 +122,13 @@ def test_optimize_beats_the_schedules_it_could_have_chosen(runs):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
+
+
+def test_runs_of_different_sweeps_keep_their_own_names():
+    """Sweeps name their runs by LR, batch and seed alone: two schedules' runs share a last
+    path part, and the fit's per-run report must not merge them."""
+    from megatron_power.cli.predict import distinct_names
+
+    paths = [Path("w/constant/runs/t1-s0"), Path("w/cosine/runs/t1-s0"), Path("w/wsd/t2-s0")]
+    assert distinct_names(paths) == ["constant/runs/t1-s0", "cosine/runs/t1-s0", "w/wsd/t2-s0"]
+    assert distinct_names([Path("a/x"), Path("b/y")]) == ["x", "y"]
