@@ -182,6 +182,7 @@ def run_dirs(work: Path, case: Case, seeds) -> list[Path]:
 
 # ------------------------------------------------------------------------ predicting
 LAW_NAMES = ["multi-power", "annealing"]
+PLOTTED = (0, 6, 7)  # the held-out cases whose prediction is drawn (in the work dir)
 FIT_FROM = [0.1, 0.2, 0.4, 0.5]  # besides the default, 0.3
 BUDGET_FLAGS = ["--lr-warmup-samples", str(WARMUP_TOKENS // SEQ), "--seq-length", str(SEQ)]
 
@@ -335,13 +336,31 @@ def main() -> None:
     plot(result, RESULTS / "predict.png")
 
 
+def predict_all(work: Path) -> None:
+    """Every fit, then every prediction of phase 3, one subprocess per CPU core (each loads
+    the saved fit and the compared runs; ~250 of them one at a time took ~40 min)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(law, None) for law in LAW_NAMES] + [("multi-power", f) for f in FIT_FROM]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    with ThreadPoolExecutor(max_workers=max(1, cores)) as threads:
+        list(threads.map(lambda job: fit_law(work, *job), jobs))
+        calls = [(law, case, SEEDS, fit_from, fit_from is None and index in PLOTTED)
+                 for law, fit_from in jobs for index, case in enumerate(HELD_OUT)]  # fmt: skip
+        calls += [(law, case, [0], fit_from, False)
+                  for law, fit_from in jobs for case in tuned_cases()]  # fmt: skip
+        list(threads.map(lambda c: predict_case(work, *c[:3], png=c[4], fit_from=c[3]), calls))
+
+
 def evaluate(work: Path, pool: Pool) -> dict:
     """Phases 3-4: every law's predictions; the optimised schedule trained and compared."""
     grid = tuned_cases()
     result: dict = {"laws": {}}
+    predict_all(work)
     for law in LAW_NAMES:
         fitted = fit_law(work, law)
-        held = [predict_case(work, law, case, SEEDS, png=index in (0, 6, 7))
+        held = [predict_case(work, law, case, SEEDS, png=index in PLOTTED)
                 for index, case in enumerate(HELD_OUT)]  # fmt: skip
         ranked = [predict_case(work, law, case, [0]) for case in grid]
         seed_sd = statistics.fmean(r["seed_sd"] for r in held)
