@@ -69,6 +69,9 @@ PAPER = {"a": 4.0, "b": -0.51, "cap": 0.02}
 WSD_LENGTHS = [0.1, 0.2, 0.4]  # decay fraction; grown to 0.6 and 0.8 while 0.4 is best
 WSD_SHAPES = ["exponential_e", "linear", "minus_sqrt", "cosine"]
 PROBE_SCALES = [0.25, 0.5, 2.0]  # the diagnosis: Power's whole LR scaled (1 = as fitted)
+#: A Power row with this tail fraction (same a, b, c): tuned WSD's best length in the cells
+#: (minus_sqrt 80% at w128-b8), longer than the proxies' fitted tail.
+LONG_TAIL = 0.8
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,10 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
         spec = make_spec("power", cell, [cap], f"{extra} {fitted}", SEEDS, tail["fraction"])
         rows["power-tail"] = {"lr": cap, "fraction": tail["fraction"], "spec": spec,
                               "name": f"{root}/power-tail-{tail['fraction']:g}"}  # fmt: skip
+    if (tail or {}).get("fraction") != LONG_TAIL:  # the tail the tuned WSD cells prefer
+        spec = make_spec("power", cell, [cap], f"{extra} {fitted}", SEEDS, LONG_TAIL)
+        rows["power-long"] = {"lr": cap, "fraction": LONG_TAIL, "spec": spec,
+                              "name": f"{root}/power-tail-{LONG_TAIL:g}"}  # fmt: skip
     paper = f"{extra} --lr-power-a {PAPER['a']} --lr-power-b {PAPER['b']}"
     rows["paper"] = {"lr": PAPER["cap"], "name": f"{root}/paper",
                      "spec": make_spec("power", cell, [PAPER["cap"]], paper, SEEDS)}  # fmt: skip
@@ -396,7 +403,9 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
     if earlier.is_file():
         before = json.loads(earlier.read_text())
         for key in rows:
-            result[key]["lr_curve"] = result[key]["lr_curve"] or before[key]["lr_curve"]
+            result[key]["lr_curve"] = result[key]["lr_curve"] or before.get(key, {}).get(
+                "lr_curve", []
+            )
         if result["entropy_rate"] is None:
             result["entropy_rate"] = before["entropy_rate"]
     atomic_write_text(STORE / root / "cell.json", json.dumps(result, indent=2) + "\n")
@@ -500,6 +509,7 @@ def entropy_rate(runs: Path, cell: Cell) -> float | None:
 # --------------------------------------------------------------------------- report
 #: The compared rows: (key in cell.json, label); the tuned ones set "best tuned".
 POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)"),
+              ("power-long", f"Power ({LONG_TAIL:.0%} tail)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
