@@ -12,8 +12,10 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    shape at its best LR (lengths grown while the best is on the edge), then the LR grid
    for that tail, alternating until the LR stays (at most 3 rounds); the best of each
    reruns with seeds 1 and 2.
-   Power takes the fitted flags as they are, the paper's a=4, b=-0.51, cap 0.02 is a
-   reported row; both with seeds 0-2. A probe scales the fitted-tail Power's whole LR
+   Power takes the fitted flags as they are (with the fit's 20% tail, the proxies'
+   fitted tail and an 80% tail), and a second fit on longer proxies (51,200-204,800
+   tokens) with the fitted tail; the paper's a=4, b=-0.51, cap 0.02 is a reported row; all
+   with seeds 0-2. A probe scales the fitted-tail Power's whole LR
    (x0.25, x0.5, x2, seed 0), to tell a wrong LR level from a wrong shape;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
@@ -64,6 +66,9 @@ MUP = f"--mup-base-hidden-size {BASE} --mup-embedding-multiplier 4 --mup-residua
 FIT_LRS = [2.0**-k for k in range(9, 1, -1)]  # 0.002 .. 0.25
 FIT_BATCHES = [4, 16]
 FIT_TOKENS = [25_600, 51_200, 102_400]
+#: A second fit, reported beside the first: proxies up to half the 4x cells' budget (the
+#: first fit's 25,600-token runs at batch 16 are 25 updates, mostly warmup).
+LONG_FIT_TOKENS = [51_200, 102_400, 204_800]
 SEEDS = [0, 1, 2]
 PAPER = {"a": 4.0, "b": -0.51, "cap": 0.02}
 WSD_LENGTHS = [0.1, 0.2, 0.4]  # decay fraction; grown to 0.6 and 0.8 while 0.4 is best
@@ -132,11 +137,12 @@ def template(style: str, cell: Cell | None) -> str:
     return text
 
 
-def make_spec(style, cell, lrs, extra, seeds=(0,), fraction=0.2, shape="exponential_e"):
+def make_spec(style, cell, lrs, extra, seeds=(0,), fraction=0.2, shape="exponential_e",
+              tokens=tuple(FIT_TOKENS)):  # fmt: skip
     batch = cell.batch if cell is not None else None
     return SweepSpec(
         lrs=sorted(lrs), global_batch_sizes=[batch] if batch else FIT_BATCHES,
-        train_tokens=[cell.tokens] if cell else FIT_TOKENS,
+        train_tokens=[cell.tokens] if cell else list(tokens),
         hidden_sizes=[cell.width if cell else BASE], seeds=list(seeds), seq_length=SEQ,
         decay_fraction=fraction, decay_shape=shape, template=template(style, cell),
         extra_args=" ".join(extra.split()),
@@ -200,16 +206,16 @@ class Store:
 
 
 # ---------------------------------------------------------------------------- phases
-def fit(store: Store, model: str) -> dict:
+def fit(store: Store, model: str, name: str = "fit", tokens=tuple(FIT_TOKENS)) -> dict:
     """Phase 1: the proxies' WSD sweep and ``megatron-power fit`` on it."""
-    spec = make_spec("wsd", None, FIT_LRS, f"{MODELS[model]} {MUP}")
-    store.add(f"{model}/fit", spec)
-    store.run(f"{model}: fit sweep")
-    sweep = SweepDir(store.work / model / "fit")
+    spec = make_spec("wsd", None, FIT_LRS, f"{MODELS[model]} {MUP}", tokens=tokens)
+    store.add(f"{model}/{name}", spec)
+    store.run(f"{model}: {name} sweep")
+    sweep = SweepDir(store.work / model / name)
     sweep.collect()
-    out = STORE / model / "fit.json"
+    out = STORE / model / f"{name}.json"
     subprocess.run([sys.executable, "-m", "megatron_power.cli.main", "fit", str(sweep.path),
-                    "--json", str(out), "--png", str(STORE / model / "fit.png")],
+                    "--json", str(out), "--png", str(STORE / model / f"{name}.png")],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     report = json.loads(out.read_text())[0]
     if not report["flags"]:
@@ -287,7 +293,7 @@ def grow(store: Store, name: str, make, lrs: list[float], what: str) -> dict[flo
 
 
 def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | None,
-              data_flags: str) -> dict:  # fmt: skip
+              data_flags: str, long_fit: dict | None = None) -> dict:  # fmt: skip
     """Phase 2 in one cell: cosine and WSD tuned, Power fitted and the paper's, 3 seeds."""
     cap, fitted, law = power_flags(report)
     extra = f"{MODELS[model]} {MUP} {data_flags}"
@@ -368,6 +374,12 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
         spec = make_spec("power", cell, [cap], f"{extra} {fitted}", SEEDS, LONG_TAIL)
         rows["power-long"] = {"lr": cap, "fraction": LONG_TAIL, "spec": spec,
                               "name": f"{root}/power-tail-{LONG_TAIL:g}"}  # fmt: skip
+    if long_fit is not None:  # the second fit's a, b, c, with the same tail as power-tail
+        long_cap, long_flags, _ = power_flags(long_fit)
+        fraction = (tail or {}).get("fraction", 0.2)
+        spec = make_spec("power", cell, [long_cap], f"{extra} {long_flags}", SEEDS, fraction)
+        rows["power-longfit"] = {"lr": long_cap, "fraction": fraction, "spec": spec,
+                                 "name": f"{root}/power-longfit-{fraction:g}"}  # fmt: skip
     paper = f"{extra} --lr-power-a {PAPER['a']} --lr-power-b {PAPER['b']}"
     rows["paper"] = {"lr": PAPER["cap"], "name": f"{root}/paper",
                      "spec": make_spec("power", cell, [PAPER["cap"]], paper, SEEDS)}  # fmt: skip
@@ -510,6 +522,7 @@ def entropy_rate(runs: Path, cell: Cell) -> float | None:
 #: The compared rows: (key in cell.json, label); the tuned ones set "best tuned".
 POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)"),
               ("power-long", f"Power ({LONG_TAIL:.0%} tail)"),
+              ("power-longfit", f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, fitted tail)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
@@ -560,6 +573,11 @@ def report(models: list[str]) -> str:
                      "the 20% tail: " + ", ".join(f"{f} {v:.4f}" for f, v in
                                                     tail["mean_relative"].items()) + ")"
                      if tail else ""), ""]  # fmt: skip
+        long_file = STORE / model / "fit-long.json"
+        if long_file.is_file():
+            long_fit = json.loads(long_file.read_text())[0]
+            lines += [f"Second fit (proxies of {LONG_FIT_TOKENS} tokens): "
+                      f"`{' '.join(long_fit['flags'])}`", ""]  # fmt: skip
         header = ["cell", "width", "tokens", "batch", "cosine (tuned)", "WSD (tuned)"]
         header += [label for _, label in POWER_ROWS]
         header += [f"{label} ratio (excess)" for _, label in POWER_ROWS]
@@ -747,11 +765,12 @@ def main() -> None:
                 continue
             fitted = fit(store, model)
             tail = fit_tail(store, model, fitted)
+            long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
             for cell in (c for c in CELLS if c.name in args.cells):
                 if cell.data == "text" and text_flags is None:
                     text_flags = shakespeare_flags(work)
                 data_flags = text_flags if cell.data == "text" else ""
-                tune_cell(store, model, cell, fitted, tail, data_flags)
+                tune_cell(store, model, cell, fitted, tail, data_flags, long_fit)
     text, overall = report(list(MODELS))
     print(text)
     atomic_write_text(RESULTS / "joint_transfer.md", text)
