@@ -183,7 +183,7 @@ def run_dirs(work: Path, case: Case, seeds) -> list[Path]:
 # ------------------------------------------------------------------------ predicting
 LAW_NAMES = ["multi-power", "annealing"]
 PLOTTED = (0, 6, 7)  # the held-out cases whose prediction is drawn (in the work dir)
-FIT_FROM = [0.1, 0.2, 0.4, 0.5]  # besides the default, 0.3
+FIT_FROM = [0.1, 0.5]  # besides the default, 0.3
 BUDGET_FLAGS = ["--lr-warmup-samples", str(WARMUP_TOKENS // SEQ), "--seq-length", str(SEQ)]
 
 
