@@ -406,10 +406,8 @@ def evaluate(work: Path, pool: Pool) -> dict:
 def leave_one_out(work: Path) -> dict[str, list[float]]:
     """{--fit-from: the final-loss error of each fitted schedule, predicted by the
     multi-power law fitted to the others}: a choice of --fit-from from the fit runs alone."""
-    import numpy as np
-
     from megatron_power.cli.predict import read_runs
-    from megatron_power.schedules.loss_laws import MULTI_POWER, fit
+    from megatron_power.schedules.loss_laws import MULTI_POWER, end_loss, fit
 
     saved = work / "leave_one_out.json"
     if saved.is_file():
@@ -420,8 +418,8 @@ def leave_one_out(work: Path) -> dict[str, list[float]]:
         errors = []
         for i, left_out in enumerate(groups):
             fitted = fit(MULTI_POWER, groups[:i] + groups[i + 1 :], fit_from=fit_from)
-            steps = left_out.trajectory.steps
-            end = fitted.predict(left_out.trajectory, np.array([steps]))[0]
+            end = end_loss(MULTI_POWER, fitted.values, left_out.trajectory,
+                           fitted.reference_batch)  # fmt: skip
             errors.append(float((end + fitted.validation_offset[0]) / left_out.final - 1))
         out[str(fit_from)] = errors
     saved.write_text(json.dumps(out, indent=1) + "\n")

@@ -139,9 +139,10 @@ def test_temperature_makes_a_batch_increase_an_anneal():
 
 @pytest.mark.parametrize("mu", [0.0, 0.5, 1.0])
 def test_progress_per_update_grows_with_the_batch_as_mu_says(mu):
-    """A constant LR of 1 (no warmup, no drop), alpha 1, B 0: 100 updates at batch 16 have
-    LR area 100 x (16 / 8)^mu against batch 8's 200 updates' 200, so
-    L = 1 + 1 / area: equal at mu = 1 (progress per token), the larger batch behind below."""
+    """A constant LR of 1 (no warmup, no drop), alpha 1, B 1e-4 (a plateau of 1e-4): 100
+    updates at batch 16 have LR area 100 x (16 / 8)^mu against batch 8's 200 updates' 200,
+    so L = 1 + 1e-4 + 1 / area: equal at mu = 1 (progress per token), the larger batch
+    behind at mu < 1."""
     values = {"L0": 1.0, "A": 1.0, "alpha": 1.0, "B": 1e-4, "C": 1.0, "beta": 1.0,
               "gamma": 0.0, "nu": 0.0, "mu": mu}  # fmt: skip
     large = predict(MULTI_POWER, values, Trajectory(np.ones(100), np.full(100, 16)),
