@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..arguments import (
     add_megatron_scheduler_args,
     add_power_args,
@@ -28,7 +26,6 @@ from ..arguments import (
     run_samples,
     settings_from_args,
 )
-from ..megatron.scheduler import PowerOptimizerParamScheduler
 from ..schedules.settings import ScheduleSettings
 
 #: PowerLM-3B (paper Table 1): 1.25T tokens at 1024 x 4096 tokens per step.
@@ -85,6 +82,10 @@ def simulate(
     """LR after every iteration up to ``total`` samples (the run's; default the decay
     horizon), as the scheduler sets it during training; iteration i takes
     ``batch_at(samples consumed)`` samples."""
+    import torch  # here, not at the top: the other tools start without torch and Megatron
+
+    from ..megatron.scheduler import PowerOptimizerParamScheduler
+
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=settings.max_lr)
     total = settings.lr_decay_steps if total is None else total

@@ -62,6 +62,23 @@ print("pure")
     assert result.returncode == 0 and result.stdout.strip() == "pure", result.stderr
 
 
+def test_the_command_starts_without_torch_and_megatron():
+    """Every tool's parser, and sweep/fit/mup-tune, run without torch: a SLURM array task or
+    a usage error costs a fraction of a second, not the ~10 s of importing Megatron-Core."""
+    program = (
+        BLOCKER
+        + """
+from megatron_power.cli.main import build_parser
+parser = build_parser()
+assert parser.parse_args(["sweep", "--sweep-dir", "s", "--collect"]).tool == "sweep"
+print("started")
+"""
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            cwd=REPO, check=False)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "started", result.stderr
+
+
 def modules() -> list[str]:
     return sorted(
         info.name for info in pkgutil.walk_packages([str(PACKAGE)], prefix="megatron_power.")
