@@ -16,6 +16,20 @@ import sys
 from pathlib import Path
 
 
+def _release_process_groups() -> None:
+    """pretrain_gpt.py ends without destroy_process_group(); gloo's worker threads then
+    die in interpreter finalization, which can abort a finished run (SIGABRT, "terminate
+    called without an active exception", pytorch/pytorch#179291). Only after a clean end:
+    a rank that failed must not wait in a collective teardown for the others."""
+    torch = sys.modules.get("torch")
+    if (
+        torch is not None
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    ):
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
@@ -33,7 +47,13 @@ def main(argv: list[str] | None = None) -> None:
 
     install()
     sys.argv = [str(script), *argv[1:]]
-    runpy.run_path(str(script), run_name="__main__")
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as stop:  # Megatron's --exit-interval / --exit-duration-in-mins
+        if stop.code in (None, 0):
+            _release_process_groups()
+        raise
+    _release_process_groups()
 
 
 if __name__ == "__main__":
