@@ -215,7 +215,7 @@ def fit(store: Store, model: str, name: str = "fit", tokens=tuple(FIT_TOKENS)) -
     sweep.collect()
     out = STORE / model / f"{name}.json"
     subprocess.run([sys.executable, "-m", "megatron_power.cli.main", "fit", str(sweep.path),
-                    "--json", str(out), "--png", str(STORE / model / f"{name}.png")],
+                    "--json", str(out), "--png", str(STORE / model / f"{name}.png"), "--force"],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     report = json.loads(out.read_text())[0]
     if not report["flags"]:

@@ -169,7 +169,8 @@ def fit(work: Path, data_flags: str, pool: Pool) -> dict:
     pool.add(work / "fit", spec(FIT_LRS, FIT_BATCHES, FIT_TOKENS, f"{MODEL_FLAGS} {data_flags}"))
     pool.run("fit sweep")
     command = [sys.executable, "-m", "megatron_power.cli.main", "fit", str(work / "fit"),
-               "--json", str(work / "fit.json"), "--png", str(work / "fit.png")]  # fmt: skip
+               "--json", str(work / "fit.json"), "--png", str(work / "fit.png"),
+               "--force"]  # fmt: skip
     subprocess.run(command, check=True)
     return json.loads((work / "fit.json").read_text())[0]
 

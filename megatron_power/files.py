@@ -33,6 +33,35 @@ def atomic_write_text(path: Path, text: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def check_output_file(path: Path | None, flag: str, force: bool) -> None:
+    """An output file the user named, checked before any work: an empty name, a directory
+    or a missing parent that is a file is refused, and so is an existing file unless
+    ``--force`` (nothing a user made is replaced without asking)."""
+    if path is None:
+        return
+    if str(path) in ("", "."):
+        raise ValueError(f"{flag}: needs a file name, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"{flag}: {path} is a directory, not a file")
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise ValueError(f"{flag}: {path} is inside a file, not a directory")
+    if path.exists() and not force:
+        raise ValueError(f"{flag}: {path} exists (--force overwrites it)")
+
+
+def save_figure_atomically(figure, path: Path, dpi: int = 110) -> None:
+    """A PNG at exactly ``path`` (no suffix added), saved under a temporary name beside it
+    and renamed: a crash leaves the old picture or the new one, never half a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.png")
+    try:
+        figure.savefig(partial, dpi=dpi, format="png")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 class DirectoryInUse(ValueError):
     """Another live process holds the directory's lock."""
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..files import check_output_file, save_figure_atomically
 from .pretrain import add_mup_arguments, mup_from_args
+
+DEFAULT_PNG = "coord_check.png"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,11 +37,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2, help="sequences of 16 tokens")
-    parser.add_argument("--png", type=Path, default=Path("coord_check.png"))
+    parser.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help=f"the plot (default ./{DEFAULT_PNG}, replaced on every check)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --png")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.png, "--png", args.force)
+    png = args.png or Path(DEFAULT_PNG)
     widths = sorted(args.widths)
     if len(widths) < 2 or widths[-1] < 2 * widths[0]:
         raise ValueError("--widths: give two or more widths spanning at least 2x")
@@ -71,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         failed += not verdict.passed
         print(f"{verdict.phase:8} {verdict.module:12} {verdict.slope:+8.3f}  "
               f"[{low:+.2f}, {high:+.2f}]  {'pass' if verdict.passed else 'FAIL'}")  # fmt: skip
-    plot(widths, means, args.png, "muP" if mup else "standard parameterisation")
-    print(f"{len(verdicts) - failed}/{len(verdicts)} passed; plot {args.png}")
+    plot(widths, means, png, "muP" if mup else "standard parameterisation")
+    print(f"{len(verdicts) - failed}/{len(verdicts)} passed; plot {png}")
     return 1 if failed else 0
 
 
@@ -142,6 +153,5 @@ def plot(widths: list[int], means: dict, path: Path, title: str) -> None:
         axis.set_title(f"{title}: {phase}")
         axis.legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    save_figure_atomically(figure, path, dpi=100)
     plt.close(figure)

@@ -41,7 +41,7 @@ from ..arguments import (
     run_samples,
     settings_from_args,
 )
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_output_file, save_figure_atomically
 from ..schedules.loss_laws import (
     FIRST_FRACTION,
     LAWS,
@@ -105,7 +105,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--every", type=int, default=None, help="Keep every Nth iteration.")
     out.add_argument("--png", type=Path, default=None, help="Predicted vs observed curves.")
     out.add_argument("--json", type=Path, default=None, help="Everything, as JSON.")
-    out.add_argument("--force", action="store_true", help="overwrite --png/--json files")
+    out.add_argument(
+        "--force", action="store_true", help="overwrite existing --png/--json/--save-fit"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -395,17 +397,15 @@ def run(args: argparse.Namespace) -> int:
     check_fit_from(args.fit_from)
     if args.every is not None and args.every < 1:
         raise ValueError(f"--every: must be >= 1, got {args.every}")
-    for path in (args.png, args.json):
-        if path is not None and path.exists() and not args.force:
-            raise ValueError(f"--png/--json: {path} exists (--force overwrites it)")
+    check_output_file(args.png, "--png", args.force)
+    check_output_file(args.json, "--json", args.force)
+    check_output_file(args.save_fit, "--save-fit", args.force)
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise ValueError(f"--families: {args.families!r}; choose from {', '.join(FAMILIES)}")
     if args.optimize and args.compare:
         raise ValueError("--compare: give it without --optimize (compare a schedule you name)")
-    if args.save_fit is not None and args.save_fit.exists() and not args.force:
-        raise ValueError(f"--save-fit: {args.save_fit} exists (--force overwrites it)")
     # Everything the flags say is checked before the fit (which takes seconds).
     saved = len(args.fit) == 1 and args.fit[0].suffix == ".json" and args.fit[0].is_file()
     observed: list[Observed] = []
@@ -707,8 +707,5 @@ def plot(path: Path, fitted: Fit, observed: list[Observed], target: Target, at, 
     lr_axis.set_ylabel("learning rate", color="tab:blue")
     right.legend(fontsize=7, loc="upper right")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=110)
+    save_figure_atomically(figure, path)
     plt.close(figure)
-    partial.replace(path)

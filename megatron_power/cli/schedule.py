@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..arguments import (
     run_samples,
     settings_from_args,
 )
+from ..files import atomic_write_text, check_output_file, save_figure_atomically
 from ..schedules.settings import ScheduleSettings
 
 #: PowerLM-3B (paper Table 1): 1.25T tokens at 1024 x 4096 tokens per step.
@@ -67,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--every", type=int, default=None, help="Keep every Nth iteration.")
     out.add_argument("--png", type=Path, default=None, help="Write LR vs tokens as a PNG.")
     out.add_argument("--output", type=Path, default=None, help="Write the CSV/table here.")
+    out.add_argument("--force", action="store_true", help="overwrite existing --png/--output")
     parser.set_defaults(handler=run, embedded_default=EMBEDDED_DEFAULT)
 
 
@@ -179,8 +182,7 @@ def write_png(points: list[SchedulePoint], path: Path, title: str) -> None:
     axis.set_title(title)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    save_figure_atomically(figure, path, dpi=120)
     plt.close(figure)
 
 
@@ -189,18 +191,23 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.every is not None and args.every < 1:
         raise ValueError(f"--every: must be >= 1, got {args.every}")
+    check_output_file(args.png, "--png", args.force)
+    check_output_file(args.output, "--output", args.force)
+    if args.png and args.output and args.png.resolve() == args.output.resolve():
+        raise ValueError(f"--output: {args.output} is also --png; give them different files")
     points = simulate(settings, batch_at, run_samples(args))
     if args.png is not None:
         write_png(points, args.png, f"lr-decay-style {settings.lr_decay_style}")
-    stream = args.output.open("w") if args.output else sys.stdout
-    try:
-        if args.format == "csv":
-            write_csv(thin(points, args.every or 1), stream)
-        else:
-            print(ascii_chart(points), file=stream)
-            print(file=stream)
-            print(table(thin(points, args.every or 1)), file=stream)
-    finally:
-        if args.output:
-            stream.close()
+    stream = io.StringIO()
+    if args.format == "csv":
+        write_csv(thin(points, args.every or 1), stream)
+    else:
+        print(ascii_chart(points), file=stream)
+        print(file=stream)
+        print(table(thin(points, args.every or 1)), file=stream)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.output, stream.getvalue())
+    else:
+        sys.stdout.write(stream.getvalue())
     return 0

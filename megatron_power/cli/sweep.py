@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..arguments import add_knob_argument
-from ..files import DirectoryLock, atomic_write_text
+from ..files import DirectoryLock, atomic_write_text, check_output_file, save_figure_atomically
 from ..knobs import fields_by_name, knob_of
 from ..schedules.settings import ScheduleSettings
 from ..sweep.runner import PRETRAIN_TEMPLATE, SweepDir, SweepSpec
@@ -77,8 +77,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("results", metavar="RESULTS", help="a sweep directory or its results.jsonl")
     fit.add_argument("--hidden-size", type=int, default=None, help="fit this width only")
-    fit.add_argument("--png", default=None, help="plot (default RESULTS dir/fit.png)")
-    fit.add_argument("--json", default=None, help="write the fit here")
+    fit.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help="plot (default RESULTS dir/fit.png, replaced on every fit)",
+    )
+    fit.add_argument("--json", type=Path, default=None, help="write the fit here")
+    fit.add_argument("--force", action="store_true", help="overwrite existing --png/--json")
     fit.set_defaults(handler=run_fit)
 
 
@@ -217,6 +223,14 @@ def run_fit(args: argparse.Namespace) -> int:
         widths = [args.hidden_size]
     if not cells:
         raise ValueError(f"RESULTS: {path} holds no successful runs")
+
+    def png_for(width: int | None) -> Path:
+        png = args.png or (path if path.is_dir() else path.parent) / "fit.png"
+        return png.with_name(f"{png.stem}-h{width}{png.suffix}") if len(widths) > 1 else png
+
+    for width in widths if args.png else []:  # the default fit.png is the fit's own
+        check_output_file(png_for(width), "--png", args.force)
+    check_output_file(args.json, "--json", args.force)
     output = []
     unidentified = []
     for width in widths:
@@ -229,14 +243,12 @@ def run_fit(args: argparse.Namespace) -> int:
                        "free_c": asdict(report.free_c) if report.free_c else None,
                        "c_is_one": report.c_is_one, "flags": recommended_flags(report),
                        "notes": report.notes})  # fmt: skip
-        png = Path(args.png) if args.png else (path if path.is_dir() else path.parent) / "fit.png"
-        if len(widths) > 1:
-            png = png.with_name(f"{png.stem}-h{width}{png.suffix}")
+        png = png_for(width)
         if report.paper is not None:
             plot_fit(report, png)
             print(f"plot: {png}")
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps(output, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(output, indent=2) + "\n")
     if unidentified:
         raise ValueError(
             f"RESULTS: no fit for width(s) {', '.join(map(str, unidentified))}: a and b need "
@@ -296,6 +308,5 @@ def plot_fit(report, png: Path) -> None:
              title="eta_opt = a beta^c T^b (solid: fitted c; dotted: c = 1)")  # fmt: skip
     axis.legend(fontsize=8)
     figure.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=110)
+    save_figure_atomically(figure, png)
     plt.close(figure)

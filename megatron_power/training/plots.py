@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..files import save_figure_atomically
+
 
 def plot_run(metrics: Path, out: Path, floor: float | None = None) -> None:
     import matplotlib
@@ -26,5 +28,5 @@ def plot_run(metrics: Path, out: Path, floor: float | None = None) -> None:
     lr_axis.set_xlabel("tokens")
     lr_axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(out, dpi=110)
+    save_figure_atomically(figure, out)
     plt.close(figure)

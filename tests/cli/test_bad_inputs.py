@@ -150,7 +150,12 @@ ROWS = [
     Row("schedule-batch-zero", ["schedule", "--lr", "0.01", "--train-iters", "10", "--global-batch-size", "0"], "--global-batch-size: must be an integer >= 1, got 0"),
     Row("schedule-every-zero", ["schedule", "--every", "0"], "--every: must be >= 1, got 0"),
     Row("schedule-too-long-to-preview", ["schedule", "--lr", "0.01", "--train-iters", "1000000000000", "--global-batch-size", "1"], "more than 20000000 iterations"),
-    Row("schedule-output-unwritable", ["schedule", "--output", "missing-dir/x.csv"], "missing-dir/x.csv"),
+    Row("schedule-output-inside-a-file", ["schedule", "--output", "tiny.txt/x.csv"], "--output: tiny.txt/x.csv is inside a file"),
+    Row("schedule-output-exists", ["schedule", "--output", "tiny.txt"], "--output: tiny.txt exists (--force overwrites it)"),
+    Row("schedule-output-is-a-directory", ["schedule", "--output", "run"], "--output: run is a directory, not a file"),
+    Row("schedule-png-exists", ["schedule", "--png", "other.txt"], "--png: other.txt exists (--force overwrites it)"),
+    Row("schedule-png-empty-name", ["schedule", "--png", ""], "--png: needs a file name, got '.'"),
+    Row("schedule-png-is-output", ["schedule", "--png", "new.out", "--output", "new.out"], "--output: new.out is also --png"),
     Row("schedule-both-lengths", ["schedule", "--lr", "0.01", "--train-iters", "10", "--train-samples", "100", "--global-batch-size", "8"], "--train-iters and --train-samples: give one, not both"),
     Row("schedule-decay-fraction", ["schedule", "--lr-wsd-decay-fraction", "2"], "--lr-wsd-decay-fraction"),
     Row("schedule-power-b-positive", ["schedule", "--lr-power-b", "1"], "--lr-power-b (lr_power_b):"),
@@ -173,6 +178,8 @@ ROWS = [
     Row("fit-empty", ["fit", "empty.jsonl"], "RESULTS: empty.jsonl holds no successful runs"),
     Row("fit-without-params", ["fit", "no_params.jsonl"], "has no params with"),
     Row("fit-not-identified", ["fit", "results"], "no fit for width(s) 128"),
+    Row("fit-json-exists", ["fit", "results", "--json", "tiny.txt"], "--json: tiny.txt exists (--force overwrites it)"),
+    Row("fit-png-exists", ["fit", "results", "--png", "other.txt"], "--png: other.txt exists (--force overwrites it)"),
     # ------------------------------------------------ Hugging Face and muP tools
     Row("export-over-a-directory", ["export-hf", "run", "other-dir"], "OUT: other-dir", setup="mkdir other-dir"),
     Row("export-not-a-run", ["export-hf", "other.txt", "out"], "CKPT: other.txt is neither a run directory"),
@@ -198,7 +205,9 @@ ROWS = [
     Row("predict-other-schedule", [*PREDICT, "run", "flat1", "--lr", "0.02", *BUDGET[2:], "--compare", "flat1"], "--compare: flat1 did not follow these flags (iteration 1: LR 0.01, the flags' 0.02)", setup="flatten run flat1"),
     Row("predict-families", [*PREDICT, "run", *BUDGET, "--optimize", "--families", "wsd,foo"], "--families: 'wsd,foo'; choose from wsd, wsd-s, power"),
     Row("predict-optimize-with-a-style", [*PREDICT, "run", "flat1", *BUDGET, "--optimize", "--lr-decay-style", "cosine"], "--lr-decay-style: --optimize chooses the schedule", setup="flatten run flat1"),
-    Row("predict-png-exists", [*PREDICT, "run", *BUDGET, "--png", "tiny.txt"], "--png/--json: tiny.txt exists (--force overwrites it)"),
+    Row("predict-png-exists", [*PREDICT, "run", *BUDGET, "--png", "tiny.txt"], "--png: tiny.txt exists (--force overwrites it)"),
+    Row("predict-json-exists", [*PREDICT, "run", *BUDGET, "--json", "other.txt"], "--json: other.txt exists (--force overwrites it)"),
+    Row("predict-json-is-a-directory", [*PREDICT, "run", *BUDGET, "--json", "run"], "--json: run is a directory, not a file"),
     Row("predict-save-fit-exists", [*PREDICT, "run", *BUDGET, "--save-fit", "tiny.txt"], "--save-fit: tiny.txt exists"),
     Row("predict-not-a-fit-file", [*PREDICT, "empty.json", *BUDGET], "--fit: empty.json is not a fit saved by --save-fit", setup="write empty.json {}"),
     Row("predict-fit-from-out-of-range", [*PREDICT, "run", *BUDGET, "--fit-from", "1.5"], "--fit-from: must be in [0, 1), got 1.5"),
@@ -218,6 +227,7 @@ ROWS = [
     Row("mup-tune-lr-zero", ["mup-tune", "--tune-dir", "tune", "--init-stds", "0.02", "--lrs", "0", "0.01"], "--lrs"),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
     Row("coord-check-one-width", ["coord-check", "--widths", "64"], "--widths: give two or more widths"),
+    Row("coord-check-png-exists", ["coord-check", "--png", "tiny.txt"], "--png: tiny.txt exists (--force overwrites it)"),
 ]  # fmt: skip
 
 

@@ -96,6 +96,26 @@ def test_png_is_a_valid_image(tmp_path, capsys):
     assert image.shape[0] > 100 and image.shape[1] > 100
 
 
+def test_existing_outputs_are_kept_unless_forced(tmp_path, capsys):
+    """Someone's file at --output/--png survives a run without --force; with it, the
+    new CSV (the same as on stdout) and a PNG replace them, and no temporary is left."""
+    output, png = tmp_path / "lr.csv", tmp_path / "lr.png"
+    output.write_text("someone's table\n")
+    png.write_text("someone's picture\n")
+    code, _, err = run_cli(["schedule", *FLAGS, "--format", "csv", "--output", str(output),
+                            "--png", str(png)], capsys)  # fmt: skip
+    assert code == 2 and "exists (--force overwrites it)" in err
+    assert output.read_text() == "someone's table\n" and png.read_text() == "someone's picture\n"
+
+    _, stdout, _ = run_cli(["schedule", *FLAGS, "--format", "csv"], capsys)
+    code, _, _ = run_cli(["schedule", *FLAGS, "--format", "csv", "--output", str(output),
+                          "--png", str(png), "--force"], capsys)  # fmt: skip
+    assert code == 0
+    assert output.read_text() == stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.csv", "lr.png"]
+
+
 def test_embedded_default_is_the_papers_schedule(capsys):
     code, out, _ = run_cli(["schedule", "--format", "csv", "--every", "1000"], capsys)
     assert code == 0

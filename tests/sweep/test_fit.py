@@ -85,6 +85,29 @@ def test_fit_command_prints_flags_and_writes_a_plot(tmp_path):
     assert fit["paper"]["b"]["value"] == pytest.approx(-0.4, abs=0.02)
 
 
+def test_a_second_fit_replaces_its_own_plot_but_keeps_a_named_json_unless_forced(tmp_path):
+    results = tmp_path / "results.jsonl"
+    lines = [json.dumps(r) for r in synthetic_records(2.5, -0.4, 1.0, noise=3e-4)]
+    results.write_text("\n".join(lines) + "\n")
+    fit = [sys.executable, "-m", "megatron_power.cli.main", "fit", str(results)]
+    (tmp_path / "fit.png").write_text("an old plot of this fit")
+    (tmp_path / "kept.json").write_text("someone's fit\n")
+    refused = subprocess.run([*fit, "--json", str(tmp_path / "kept.json")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"megatron-power fit: error: --json: {tmp_path / 'kept.json'} exists "
+        "(--force overwrites it)")  # fmt: skip
+    assert (tmp_path / "kept.json").read_text() == "someone's fit\n"
+    assert (tmp_path / "fit.png").read_text() == "an old plot of this fit"  # refused first
+
+    subprocess.run([*fit, "--json", str(tmp_path / "kept.json"), "--force"], check=True,
+                   capture_output=True)  # fmt: skip
+    assert json.loads((tmp_path / "kept.json").read_text())[0]["paper"]["b"]["value"] < 0
+    assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
 def test_fit_exits_non_zero_when_a_and_b_are_not_identified(tmp_path):
     """Two cells with an interior optimum give a and b without a residual (infinite
     confidence intervals): no flags, a non-zero exit saying what is needed."""
