@@ -14,9 +14,9 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    reruns with seeds 1 and 2.
    Power takes the fitted flags as they are (with the fit's 20% tail, the proxies'
    fitted tail and an 80% tail), and a second fit on longer proxies (51,200-204,800
-   tokens) with the fitted tail; the paper's a=4, b=-0.51, cap 0.02 is a reported row; all
-   with seeds 0-2. A probe scales the fitted-tail Power's whole LR
-   (x0.25, x0.5, x2, seed 0), to tell a wrong LR level from a wrong shape;
+   tokens) with the fitted tail and with the 80% tail; the paper's a=4, b=-0.51, cap
+   0.02 is a reported row; all with seeds 0-2. A probe scales the fitted-tail Power's
+   whole LR (x0.25, x0.5, x2, seed 0), to tell a wrong LR level from a wrong shape;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width, each LR-tuned at widths 32, 128, 256
@@ -380,6 +380,11 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
         spec = make_spec("power", cell, [long_cap], f"{extra} {long_flags}", SEEDS, fraction)
         rows["power-longfit"] = {"lr": long_cap, "fraction": fraction, "spec": spec,
                                  "name": f"{root}/power-longfit-{fraction:g}"}  # fmt: skip
+        if fraction != LONG_TAIL:  # both fixes the cells point to: longer proxies, long tail
+            spec = make_spec("power", cell, [long_cap], f"{extra} {long_flags}", SEEDS, LONG_TAIL)
+            name = f"{root}/power-longfit-{LONG_TAIL:g}"
+            rows["power-longfit-long"] = {"lr": long_cap, "fraction": LONG_TAIL, "spec": spec,
+                                          "name": name}  # fmt: skip
     paper = f"{extra} --lr-power-a {PAPER['a']} --lr-power-b {PAPER['b']}"
     rows["paper"] = {"lr": PAPER["cap"], "name": f"{root}/paper",
                      "spec": make_spec("power", cell, [PAPER["cap"]], paper, SEEDS)}  # fmt: skip
@@ -523,6 +528,8 @@ def entropy_rate(runs: Path, cell: Cell) -> float | None:
 POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)"),
               ("power-long", f"Power ({LONG_TAIL:.0%} tail)"),
               ("power-longfit", f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, fitted tail)"),
+              ("power-longfit-long",
+               f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, {LONG_TAIL:.0%} tail)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
