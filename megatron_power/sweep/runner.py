@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import string
 import subprocess
 import sys
 import time
@@ -55,6 +56,17 @@ PRETRAIN_TEMPLATE = (
 #: did not fail on its own: the next sweep runs it again (resuming from its checkpoint).
 INTERRUPTED = "interrupted"
 KILLED = {128 + 9, 128 + 15, 128 + 2}  # SIGKILL, SIGTERM, SIGINT, as the guard reports them
+
+
+#: A grid axis, its flag, and the template placeholders that pass it on: an axis with more
+#: than one value that the command does not name would give identical runs.
+GRID_AXES = (
+    ("lrs", "--lrs", ("lr",)),
+    ("global_batch_sizes", "--global-batch-sizes", ("global_batch_size",)),
+    ("train_tokens", "--train-tokens", ("train_tokens", "train_iters", "train_samples")),
+    ("hidden_sizes", "--hidden-sizes", ("hidden_size",)),
+    ("seeds", "--seeds", ("seed",)),
+)
 
 
 @dataclass
@@ -117,6 +129,13 @@ class SweepSpec:
                     f"{self.seq_length}"
                 )
         command(self, self.runs()[0], Path("RUN_DIR"))  # unknown placeholders fail here
+        named = {field for _, field, _, _ in string.Formatter().parse(self.template) if field}
+        for axis, flag, fields in GRID_AXES:
+            if len(getattr(self, axis)) > 1 and not named & set(fields):
+                raise ValueError(
+                    f"{flag}: {len(getattr(self, axis))} values, but --command names none of "
+                    f"{', '.join('{' + f + '}' for f in fields)}: every run would be the same"
+                )
 
 
 def lr_label(lr: float) -> str:
