@@ -24,7 +24,7 @@ from ..arguments import add_knob_argument
 from ..files import DirectoryLock, atomic_write_text, check_output_file, save_figure_atomically
 from ..knobs import fields_by_name, knob_of
 from ..schedules.settings import ScheduleSettings
-from ..sweep.runner import PRETRAIN_TEMPLATE, SweepDir, SweepSpec
+from ..sweep.runner import PRETRAIN_TEMPLATE, SweepDir, SweepSpec, command, runs_pretrain
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +98,28 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         template=args.command or PRETRAIN_TEMPLATE, extra_args=args.extra_args,
     )  # fmt: skip
     spec.validate()
+    if runs_pretrain(spec.template):
+        check_pretrain_flags(spec)
     return spec
+
+
+def check_pretrain_flags(spec: SweepSpec) -> None:
+    """Every run is ``megatron-power pretrain``: its flags are parsed now, so a mistyped
+    --extra-args is one line before the sweep instead of a failed record per run."""
+    import shlex
+
+    from .main import build_parser, tool_parser
+
+    def refuse(message: str) -> None:
+        raise ValueError(f"--extra-args: pretrain would refuse it: {message}")
+
+    parser = build_parser()
+    pretrain = tool_parser(parser, "pretrain")
+    pretrain.error = refuse  # type: ignore[method-assign]
+    words = shlex.split(command(spec, spec.runs()[0], Path("RUN_DIR")))
+    _, unknown = parser.parse_known_args(words[words.index("pretrain") :])
+    if unknown:
+        refuse(f"unrecognized arguments: {' '.join(unknown)}")
 
 
 def run_sweep(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import string
 import subprocess
@@ -129,6 +130,21 @@ class SweepSpec:
                     f"{self.seq_length}"
                 )
         command(self, self.runs()[0], Path("RUN_DIR"))  # unknown placeholders fail here
+        words = {}
+        for flag, text in (("--command", self.template), ("--extra-args", self.extra_args)):
+            try:
+                words[flag] = shlex.split(text)
+            except ValueError as error:  # an unbalanced quote
+                raise ValueError(f"{flag}: {error} in {text!r}") from None
+        set_by_template = {w.split("=")[0] for w in words["--command"] if w.startswith("--")}
+        extra = words["--extra-args"]
+        for word in extra:
+            if word.split("=")[0] in set_by_template:
+                raise ValueError(
+                    f"--extra-args: {word.split('=')[0]} is set by the command template already "
+                    "(the run would take whichever comes last); set it through the sweep's own "
+                    "flags or --command"
+                )
         named = {field for _, field, _, _ in string.Formatter().parse(self.template) if field}
         for axis, flag, fields in GRID_AXES:
             if len(getattr(self, axis)) > 1 and not named & set(fields):
