@@ -19,6 +19,8 @@ from ..files import check_output_file, save_figure_atomically
 from .pretrain import add_mup_arguments, mup_from_args
 
 DEFAULT_PNG = "coord_check.png"
+SEQ = 16  # tokens per sequence of the check's batches
+NUM_EXPERTS = 4  # the MoE model's experts
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=2, help="sequences of 16 tokens")
+    parser.add_argument("--batch-size", type=int, default=2, help=f"sequences of {SEQ} tokens")
     parser.add_argument(
         "--png",
         type=Path,
@@ -51,12 +53,26 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.png, "--png", args.force)
     png = args.png or Path(DEFAULT_PNG)
     widths = sorted(args.widths)
+    if widths[0] < 1:
+        raise ValueError(f"--widths: must be integers >= 1, got {widths[0]}")
     if len(widths) < 2 or widths[-1] < 2 * widths[0]:
         raise ValueError("--widths: give two or more widths spanning at least 2x")
+    for flag in ("--steps", "--seeds", "--batch-size"):
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value < 1:
+            raise ValueError(f"{flag}: must be an integer >= 1, got {value}")
+    from ..knobs import knob_of
+    from ..mup.rules import MupConfig
+    from ..schedules.settings import ScheduleSettings
+    from ..training.config import PretrainConfig, name_the_mup_flag
+
+    knob_of(ScheduleSettings, "max_lr").validate("--lr", args.lr)
+    for width in widths:  # pretrain's own checks of the model flags, at every width
+        PretrainConfig(model=args.model, hidden_size=width, num_layers=args.num_layers,
+                       head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=SEQ,
+                       num_experts=NUM_EXPERTS).validate()  # fmt: skip
     if any(width % args.head_dim for width in widths):
         raise ValueError(f"--head-dim: {args.head_dim} must divide every width")
-    from ..mup.rules import MupConfig
-    from ..training.config import name_the_mup_flag
 
     mup = mup_from_args(args)
     if mup is not None:
@@ -108,13 +124,13 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
 
     install_cpu_support()
     source = MarkovSource(vocab_size=96)
-    seq = 16
+    seq = SEQ
 
     def build(width: int, seed: int):
         config = PretrainConfig(
             model=args.model, hidden_size=width, num_layers=args.num_layers,
             head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=seq,
-            mup=None if mup is None else mup.to_dict(), seed=seed, num_experts=4,
+            mup=None if mup is None else mup.to_dict(), seed=seed, num_experts=NUM_EXPERTS,
         )  # fmt: skip
         model, _ = build_model(config, Vocabulary.unpadded(source.vocab_size), torch.device("cpu"))
         optimizer_config = OptimizerConfig(

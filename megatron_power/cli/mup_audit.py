@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         mup=mup_from_args(args),
     )
     config.validate()
+    from ..knobs import knob_of
+    from ..schedules.settings import ScheduleSettings
+
+    knob_of(ScheduleSettings, "max_lr").validate("--lr", args.lr)
     rows = audit_rows(config, args.lr)
     width = max(len(row["name"]) for row in rows)
     print(f"{'parameter':{width}}  {'role':17} {'init std':>9} {'muP std':>9} "

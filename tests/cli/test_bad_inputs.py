@@ -234,6 +234,14 @@ ROWS = [
     Row("mup-tune-lr-zero", ["mup-tune", "--tune-dir", "tune", "--init-stds", "0.02", "--lrs", "0", "0.01"], "--lrs"),
     Row("mup-audit-hidden-zero", ["mup-audit", "--hidden-size", "0"], "--hidden-size"),
     Row("coord-check-one-width", ["coord-check", "--widths", "64"], "--widths: give two or more widths"),
+    Row("coord-check-zero-steps", ["coord-check", "--steps", "0"], "--steps: must be an integer >= 1, got 0"),
+    Row("coord-check-zero-seeds", ["coord-check", "--seeds", "0"], "--seeds: must be an integer >= 1, got 0"),
+    Row("coord-check-zero-batch", ["coord-check", "--batch-size", "0"], "--batch-size: must be an integer >= 1, got 0"),
+    Row("coord-check-lr-nan", ["coord-check", "--lr", "nan"], "--lr: must be a finite number >= 0, got nan"),
+    Row("coord-check-zero-layers", ["coord-check", "--num-layers", "0"], "--num-layers: must be an integer >= 1, got 0"),
+    Row("coord-check-zero-head-dim", ["coord-check", "--head-dim", "0"], "--head-dim: must be an integer >= 1, got 0"),
+    Row("coord-check-zero-width", ["coord-check", "--widths", "0", "64"], "--widths: must be integers >= 1, got 0"),
+    Row("mup-audit-lr-negative", ["mup-audit", "--lr", "-1"], "--lr: must be a finite number >= 0, got -1.0"),
     Row("coord-check-png-exists", ["coord-check", "--png", "tiny.txt"], "--png: tiny.txt exists (--force overwrites it)"),
 ]  # fmt: skip
 
