@@ -238,6 +238,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
         raise ValueError("--branch-decay-tokens: needs --init-from CHECKPOINT")
     if args.model != "moe" and "num_experts" in given:
         raise ValueError("--num-experts: only applies with --model moe")
+    if args.data == "markov" and "tokenizer_model" in given:
+        raise ValueError(
+            "--tokenizer-model: only applies with --data FILE (text); the synthetic markov "
+            "source has its own tokens (--vocab-size)"
+        )
     if args.step_batch_size_schedule is not None:
         if "global_batch_size" in given:
             raise ValueError(

@@ -72,7 +72,13 @@ def load_tokenizer(path: Path) -> tuple[Callable[[str], list[int]], int, int]:
         return _hugging_face_tokenizer(path)
     import sentencepiece as spm
 
-    processor = spm.SentencePieceProcessor(model_file=str(path))
+    try:
+        processor = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError):
+        raise ValueError(
+            f"--tokenizer-model: {path} is not a SentencePiece model (give a .model file or "
+            "a Hugging Face tokenizer.json)"
+        ) from None
     eod = processor.eos_id() if processor.eos_id() >= 0 else processor.get_piece_size() - 1
     return processor.encode, processor.get_piece_size(), eod
 
@@ -85,7 +91,13 @@ def _hugging_face_tokenizer(path: Path) -> tuple[Callable[[str], list[int]], int
             f"--tokenizer-model: {path} needs the tokenizers package (pip install "
             "'megatron-power[hf]')"
         ) from None
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as error:  # tokenizers raises a bare Exception for a bad file
+        raise ValueError(
+            f"--tokenizer-model: {path} is not a Hugging Face tokenizer.json: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
     settings = path.with_name("tokenizer_config.json")
     eos = json.loads(settings.read_text()).get("eos_token") if settings.is_file() else None
     if isinstance(eos, dict):

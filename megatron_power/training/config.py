@@ -265,6 +265,10 @@ class PretrainConfig:
             raise ValueError(f"--data: no such file: {self.data}")
         if inputs_needed and self.tokenizer_model and not self.path(self.tokenizer_model).is_file():
             raise ValueError(f"--tokenizer-model: no such file: {self.tokenizer_model}")
+        if inputs_needed and self.tokenizer_model and self.data != "markov":
+            from ..data.text import load_tokenizer
+
+            load_tokenizer(self.path(self.tokenizer_model))  # a file it cannot read: one line
         cycles = self.schedule.get("lr_wsd_cycle_steps") or []
         end = self.tokens_after(self.train_iters)  # whole steps
         if cycles and max(cycles) > end:

@@ -95,6 +95,9 @@ ROWS = [
     Row("branch-without-init-from", [*P, "--branch-decay-tokens", "100000"], "--branch-decay-tokens: needs --init-from CHECKPOINT"),
     # ------------------------------------------------ pretrain: files and directories
     Row("data-missing", [*P, "--data", "missing.txt"], "--data: no such file:"),
+    Row("tokenizer-with-markov-data", [*P, "--tokenizer-model", "tiny.txt"], "--tokenizer-model: only applies with --data FILE (text)"),
+    Row("tokenizer-not-a-sentencepiece-model", [*P, "--data", "other.txt", "--tokenizer-model", "tiny.txt"], "/tiny.txt is not a SentencePiece model (give a .model file"),
+    Row("tokenizer-json-not-a-tokenizer", [*P, "--data", "other.txt", "--tokenizer-model", "bad.json"], "/bad.json is not a Hugging Face tokenizer.json: Model missing", setup="write bad.json {}"),
     Row("tokenizer-missing", [*P, "--data", "other.txt", "--tokenizer-model", "missing.model"], "--tokenizer-model: no such file:"),
     Row("data-too-small-used-to-hang", [*P, "--data", "tiny.txt", "--vocab-size", "16"], "--data: its training split", subprocess=True),
     Row("data-too-small-on-two-ranks", [*P, "--data", "tiny.txt", "--vocab-size", "16", "--nproc", "2", "--tp", "2"], "--data: its training split", subprocess=True),
