@@ -26,6 +26,7 @@ from pathlib import Path
 from ..files import DirectoryLock, atomic_write_text
 from ..sweep.fit import cells_from_results
 from ..sweep.runner import SweepDir, SweepSpec
+from .sweep import add_proxy_schedule_arguments
 
 #: The searched knobs, in search order: (MupConfig field, pretrain flag, list flag, default).
 #: The readout first: it sets the scale of the logits every other knob is judged through.
@@ -65,6 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--global-batch-size", type=int, default=16)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_proxy_schedule_arguments(parser)
     for field, _, list_flag, default in SEARCHED:
         parser.add_argument(list_flag, type=float, nargs="+", default=None, dest=field,
                             help=f"candidates (not searched if absent: {default:g})")  # fmt: skip
@@ -130,7 +132,8 @@ def spec_for(args: argparse.Namespace, values: dict[str, float]) -> SweepSpec:
     spec = SweepSpec(
         lrs=sorted(args.lrs), global_batch_sizes=[args.global_batch_size],
         train_tokens=[args.train_tokens], hidden_sizes=[args.hidden_size], seeds=args.seeds,
-        seq_length=args.seq_length, extra_args=f"{args.extra_args} {mup}".strip(),
+        seq_length=args.seq_length, warmup_fraction=args.warmup_fraction,
+        decay_fraction=args.decay_fraction, extra_args=f"{args.extra_args} {mup}".strip(),
     )  # fmt: skip
     spec.validate()
     return spec

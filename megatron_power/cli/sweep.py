@@ -17,7 +17,7 @@ import argparse
 import json
 import shutil
 import subprocess
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..arguments import add_knob_argument
@@ -42,8 +42,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument("--hidden-sizes", type=int, nargs="+", default=[128])
     grid.add_argument("--seeds", type=int, nargs="+", default=[0])
     grid.add_argument("--seq-length", type=int, default=128)
-    grid.add_argument("--warmup-fraction", type=float, default=0.02)
-    grid.add_argument("--decay-fraction", type=float, default=0.2, help="WSD decay share")
+    add_proxy_schedule_arguments(grid)
     shape = knob_of(ScheduleSettings, "lr_wsd_decay_style")
     add_knob_argument(grid, fields_by_name(ScheduleSettings)["lr_wsd_decay_style"], shape,
                       shape.pretrain_flag)  # fmt: skip
@@ -88,6 +87,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     fit.set_defaults(handler=run_fit)
 
 
+def add_proxy_schedule_arguments(group) -> None:
+    """The proxies' WSD warmup and decay shares (SweepSpec's fields), for sweep and
+    mup-tune: a share of each run, so every budget in a grid gets the same shape."""
+    defaults = {item.name: item.default for item in fields(SweepSpec)}
+    group.add_argument("--warmup-fraction", type=float, default=defaults["warmup_fraction"],
+                       help="warmup share of each run")  # fmt: skip
+    group.add_argument("--decay-fraction", type=float, default=defaults["decay_fraction"],
+                       help="WSD decay share of each run")  # fmt: skip
+
+
 # -------------------------------------------------------------------------- sweep
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     spec = SweepSpec(
@@ -108,14 +117,14 @@ def check_pretrain_flags(spec: SweepSpec) -> None:
     --extra-args is one line before the sweep instead of a failed record per run."""
     import shlex
 
-    from .main import build_parser, tool_parser
+    from . import pretrain as pretrain_command
 
     def refuse(message: str) -> None:
         raise ValueError(f"--extra-args: pretrain would refuse it: {message}")
 
-    parser = build_parser()
-    pretrain = tool_parser(parser, "pretrain")
-    pretrain.error = refuse  # type: ignore[method-assign]
+    parser = argparse.ArgumentParser(prog="megatron-power")
+    pretrain_command.add_parser(parser.add_subparsers(dest="tool"))
+    parser._subparsers._group_actions[0].choices["pretrain"].error = refuse  # type: ignore
     words = shlex.split(command(spec, spec.runs()[0], Path("RUN_DIR")))
     _, unknown = parser.parse_known_args(words[words.index("pretrain") :])
     if unknown:

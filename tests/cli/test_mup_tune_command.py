@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 TINY = ["--hidden-size", "32", "--lrs", "0.01", "0.03", "--train-tokens", "8192",
-        "--global-batch-size", "8", "--seq-length", "64",
-        "--extra-args", "--num-layers 1 --head-dim 16 --warmup-tokens 1024"]  # fmt: skip
+        "--global-batch-size", "8", "--seq-length", "64", "--warmup-fraction", "0.125",
+        "--extra-args", "--num-layers 1 --head-dim 16"]  # fmt: skip
 
 
 def mup_tune(*args) -> subprocess.CompletedProcess:
