@@ -140,6 +140,8 @@ def spec_for(args: argparse.Namespace, values: dict[str, float]) -> SweepSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tune_dir == "":  # an unset shell variable; Path("") would be the working dir
+        raise ValueError("--tune-dir: needs a directory, got ''")
     candidates = check_args(args)
     spec_for(args, start_values(candidates))  # the grid's own checks, before any run
     tune_dir = Path(args.tune_dir)

@@ -222,6 +222,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, Path | N
     """The resolved config, the checkpoint to start from and whether the scheduler takes
     this config's schedule over the checkpoint's; validated before any work."""
     given = getattr(args, "given", set())
+    for flag in ("--resume", "--run-dir", "--init-from"):  # '' would read as "not given"
+        if getattr(args, dest_of(flag), None) == "":
+            raise ValueError(f"{flag}: needs a directory, got ''")
     for flag in ("--exit-interval", "--branch-decay-tokens"):
         value = getattr(args, dest_of(flag), None)
         if value is not None and value < 1:

@@ -132,6 +132,8 @@ def check_pretrain_flags(spec: SweepSpec) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    if args.sweep_dir == "":  # an unset shell variable; Path("") would be the working dir
+        raise ValueError("--sweep-dir: needs a directory, got ''")
     sweep = SweepDir(Path(args.sweep_dir))
     for flag in ("--jobs", "--threads-per-run", "--max-parallel"):
         value = getattr(args, flag.removeprefix("--").replace("-", "_"))

@@ -95,6 +95,11 @@ ROWS = [
     Row("branch-without-init-from", [*P, "--branch-decay-tokens", "100000"], "--branch-decay-tokens: needs --init-from CHECKPOINT"),
     # ------------------------------------------------ pretrain: files and directories
     Row("data-missing", [*P, "--data", "missing.txt"], "--data: no such file:"),
+    Row("sweep-dir-empty", ["sweep", "--sweep-dir", ""], "--sweep-dir: needs a directory, got ''"),
+    Row("tune-dir-empty", ["mup-tune", "--tune-dir", "", "--output-multipliers", "1"], "--tune-dir: needs a directory, got ''"),
+    Row("resume-empty", ["pretrain", "--resume", ""], "--resume: needs a directory, got ''"),
+    Row("run-dir-empty", ["pretrain", "--run-dir", ""], "--run-dir: needs a directory, got ''"),
+    Row("init-from-empty", [*P, "--init-from", ""], "--init-from: needs a directory, got ''"),
     Row("tokenizer-with-markov-data", [*P, "--tokenizer-model", "tiny.txt"], "--tokenizer-model: only applies with --data FILE (text)"),
     Row("tokenizer-not-a-sentencepiece-model", [*P, "--data", "other.txt", "--tokenizer-model", "tiny.txt"], "/tiny.txt is not a SentencePiece model (give a .model file"),
     Row("tokenizer-json-not-a-tokenizer", [*P, "--data", "other.txt", "--tokenizer-model", "bad.json"], "/bad.json is not a Hugging Face tokenizer.json: Model missing", setup="write bad.json {}"),
