@@ -19,7 +19,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    whole LR (x0.25, x0.5, x2, seed 0), to tell a wrong LR level from a wrong shape;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
-   ``megatron-power mup-tune`` at the base width, each LR-tuned at widths 32, 128, 256
+   ``megatron-power mup-tune`` at the base width (each candidate list grown while the
+   tune's choice is on its edge), each LR-tuned at widths 32, 128, 256
    (grid grown until interior, best LR with seeds 0-2): tuned muP - tuned SP with its
    spread, and how far each optimum moves over 8x width;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
@@ -434,26 +435,60 @@ WIDTH_DATA = ["markov", "text"]
 WIDTH_TOKENS, WIDTH_BATCH = 2 * LARGEST, 8
 TUNE_CANDIDATES = {"--output-multipliers": [0.25, 1, 4], "--embedding-multipliers": [1, 4, 16],
                    "--init-stds": [0.01, 0.02, 0.04]}  # fmt: skip
+TUNE_FIELDS = {
+    "--output-multipliers": "output_multiplier",
+    "--embedding-multipliers": "embedding_multiplier",
+    "--init-stds": "init_std",
+}
 
 
 def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
-    """``megatron-power mup-tune`` at the base width: the base model's own multipliers."""
+    """``megatron-power mup-tune`` at the base width: the base model's own multipliers,
+    each candidate list grown by one step while the tune's choice sits on its edge."""
     name = f"{model}/mup-tune-{data}"
     store.restore(name)
     lrs = [2.0**-k for k in range(9, 2, -1)]
-    subprocess.run(
-        [sys.executable, "-m", "megatron_power.cli.main", "mup-tune",
-         "--tune-dir", str(store.work / name), "--hidden-size", str(BASE),
-         "--lrs", *map(str, lrs), "--train-tokens", str(LARGEST),
-         "--global-batch-size", str(WIDTH_BATCH), "--seq-length", str(SEQ),
-         "--extra-args", f"{MODELS[model]} --mup-residual-multiplier 0.5 {data_flags}".strip(),
-         *(str(word) for flag, values in TUNE_CANDIDATES.items() for word in (flag, *values))],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    store.save(name)
-    tune = json.loads((store.work / name / "tune.json").read_text())
+    candidates = {flag: list(values) for flag, values in TUNE_CANDIDATES.items()}
+    for _ in range(4):
+        subprocess.run(
+            [sys.executable, "-m", "megatron_power.cli.main", "mup-tune",
+             "--tune-dir", str(store.work / name), "--hidden-size", str(BASE),
+             "--lrs", *map(str, lrs), "--train-tokens", str(LARGEST),
+             "--global-batch-size", str(WIDTH_BATCH), "--seq-length", str(SEQ),
+             "--extra-args", f"{MODELS[model]} --mup-residual-multiplier 0.5 {data_flags}".strip(),
+             *(str(word) for flag, values in candidates.items() for word in (flag, *values))],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        store.save(name)
+        tune = json.loads((store.work / name / "tune.json").read_text())
+        grown = False
+        for flag, field in TUNE_FIELDS.items():
+            values, chosen = candidates[flag], tune["chosen"][field]
+            step = values[-1] / values[-2]
+            if chosen == values[-1]:
+                values.append(values[-1] * step)
+            elif chosen == values[0]:
+                values.insert(0, values[0] / step)
+            else:
+                continue
+            grown = True
+        if not grown:
+            break
+    tune["candidates"] = candidates
     atomic_write_text(STORE / name / "tune.json", json.dumps(tune, indent=2) + "\n")
     return tune
+
+
+def sweep_name(name: str, extra: str) -> str:
+    """``name``, or beside it a name with a digest of ``extra`` when the sweep recorded
+    there ran other flags (a re-tuned muP): a changed grid never mixes with old runs."""
+    import hashlib
+
+    recorded = STORE / name / "sweep.json"
+    ran = json.loads(recorded.read_text())["extra_args"] if recorded.is_file() else None
+    if ran is None or ran.split() == extra.split():
+        return name
+    return f"{name}-{hashlib.sha256(extra.encode()).hexdigest()[:8]}"
 
 
 def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
@@ -476,7 +511,7 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
         rows = {}
         for width in WIDTHS:
             cell = Cell(f"w{width}", width, WIDTH_TOKENS, WIDTH_BATCH)
-            name = f"{model}/width-{data}/{param.replace(' ', '-')}/w{width}"
+            name = sweep_name(f"{model}/width-{data}/{param.replace(' ', '-')}/w{width}", extra)
 
             def make(lrs, seeds=(0,), cell=cell, extra=extra):
                 return make_spec("wsd", cell, lrs, extra, seeds)
