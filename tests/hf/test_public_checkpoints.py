@@ -61,8 +61,8 @@ SHRUNK_LAYOUTS = {"ibm/PowerLM-3b": [(1, 1)], "ibm/PowerMoE-3b": [(2, 1), (1, 2)
 
 
 def test_shrunk_public_models_import_compute_and_export(tmp_path):
-    """bf16 as published: Megatron's logits equal transformers' (1e-5); export gives back
-    every tensor in bf16 bit for bit and the config.json field for field."""
+    """bf16 as published: Megatron's logits equal transformers' (1e-5 of the largest logit);
+    export gives back every tensor in bf16 bit for bit and the config.json field for field."""
     runs = {}
     for name, (config, _, _) in PUBLIC.items():
         fields = shrunk(config)
@@ -77,9 +77,13 @@ def test_shrunk_public_models_import_compute_and_export(tmp_path):
         cases = [(key, value) for key, value in runs.items() if key[1] * key[2] == world]
         got = run_ranks(megatron_logits, world, [str(run) for _, (_, run) in cases], TOKENS)
         for (key, (directory, _)), logits in zip(cases, got[0], strict=True):
-            difference = (logits - hf_logits(directory)).abs().max().item()
+            expected = hf_logits(directory)
+            difference = (logits - expected).abs().max().item()
             print(f"{key}: max |Megatron - transformers| {difference:.1e}")
-            assert difference < 1e-5, key
+            # fp32 rounding grows with the logits' size: the shrunk PowerMoE's reach 5.5, and
+            # its TP/EP layouts sum experts and partial products in another order (3.2e-5 on
+            # an AVX-512 CPU); a wrong conversion is off by 1e-2 or more
+            assert difference < 1e-5 * max(1.0, expected.abs().max().item()), key
     for (name, tp, ep), (directory, run) in runs.items():
         out = tmp_path / f"export-{directory.name}-tp{tp}-ep{ep}"
         export_granite(run, out)
