@@ -64,15 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from ..knobs import knob_of
     from ..mup.rules import MupConfig
     from ..schedules.settings import ScheduleSettings
-    from ..training.config import PretrainConfig, name_the_mup_flag
+    from ..training.config import name_the_mup_flag
 
     knob_of(ScheduleSettings, "max_lr").validate("--lr", args.lr)
-    for width in widths:  # pretrain's own checks of the model flags, at every width
-        PretrainConfig(model=args.model, hidden_size=width, num_layers=args.num_layers,
-                       head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=SEQ,
-                       num_experts=NUM_EXPERTS).validate()  # fmt: skip
-    if any(width % args.head_dim for width in widths):
+    if args.head_dim >= 1 and any(width % args.head_dim for width in widths):
         raise ValueError(f"--head-dim: {args.head_dim} must divide every width")
+    for width in widths:  # pretrain's own checks of the model flags, at every width
+        model_config(args, width).validate()
 
     mup = mup_from_args(args)
     if mup is not None:
@@ -103,6 +101,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def model_config(args: argparse.Namespace, width: int, mup: dict | None = None, seed: int = 0):
+    """The PretrainConfig of the checked model at ``width`` (checked by pretrain's rules)."""
+    from ..training.config import PretrainConfig
+
+    return PretrainConfig(
+        model=args.model, hidden_size=width, num_layers=args.num_layers,
+        head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=SEQ, mup=mup,
+        seed=seed, num_experts=NUM_EXPERTS,
+    )  # fmt: skip
+
+
 def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
     import torch
     import torch.distributed as dist
@@ -112,7 +121,6 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
     from ..data.markov import MarkovSource
     from ..megatron.coord_check import coordinate_check
     from ..megatron.mup import mup_config_overrides
-    from ..training.config import PretrainConfig
     from ..training.distributed import set_rendezvous_address
     from ..training.model import Vocabulary, build_model
 
@@ -124,14 +132,9 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
 
     install_cpu_support()
     source = MarkovSource(vocab_size=96)
-    seq = SEQ
 
     def build(width: int, seed: int):
-        config = PretrainConfig(
-            model=args.model, hidden_size=width, num_layers=args.num_layers,
-            head_dim=args.head_dim, moe_ffn_hidden_size=width, seq_length=seq,
-            mup=None if mup is None else mup.to_dict(), seed=seed, num_experts=NUM_EXPERTS,
-        )  # fmt: skip
+        config = model_config(args, width, None if mup is None else mup.to_dict(), seed)
         model, _ = build_model(config, Vocabulary.unpadded(source.vocab_size), torch.device("cpu"))
         optimizer_config = OptimizerConfig(
             optimizer="adam", lr=args.lr, min_lr=0.0, weight_decay=0.0
@@ -143,10 +146,10 @@ def measure(args: argparse.Namespace, widths: list[int], mup) -> dict:
         return model, torch.optim.Adam(groups, lr=args.lr)
 
     def batch(seed: int):
-        stream = torch.from_numpy(source.sample(args.batch_size * (seq + 1), seed))
-        tokens = stream.view(args.batch_size, seq + 1)[:, :seq].contiguous()
-        positions = torch.arange(seq).unsqueeze(0).expand(args.batch_size, -1)
-        mask = torch.ones(1, 1, seq, seq, dtype=torch.bool).triu(1)
+        stream = torch.from_numpy(source.sample(args.batch_size * (SEQ + 1), seed))
+        tokens = stream.view(args.batch_size, SEQ + 1)[:, :SEQ].contiguous()
+        positions = torch.arange(SEQ).unsqueeze(0).expand(args.batch_size, -1)
+        mask = torch.ones(1, 1, SEQ, SEQ, dtype=torch.bool).triu(1)
         return tokens, positions, mask
 
     return coordinate_check(build, widths, range(args.seeds), args.steps, batch)
