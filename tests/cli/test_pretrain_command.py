@@ -27,6 +27,21 @@ def metrics(run_dir: Path):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_same_run(ours: list[dict], reference: list[dict]) -> None:
+    """The same training, step for step: iteration, tokens and LR exactly; loss and grad norm
+    within 1e-5. Not bit for bit: two fresh runs on one CI machine (torch 2.14 CPU, MKL and
+    oneDNN picking kernels at run time) differed by one float32 ulp in the first step's grad
+    norm, before any resume. A resume that lost the data position, the optimiser state or the
+    schedule moves the loss by 1e-3 or more."""
+    assert len(ours) == len(reference)
+    for mine, theirs in zip(ours, reference, strict=True):
+        exact = {key: value for key, value in theirs.items() if key not in ("loss", "grad_norm")}
+        assert {key: mine[key] for key in exact} == exact, mine["iteration"]
+        assert mine.keys() == theirs.keys()
+        for key in ("loss", "grad_norm"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5), (mine["iteration"], key)
+
+
 @pytest.fixture(scope="module")
 def trunk(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "trunk"
@@ -63,7 +78,7 @@ def test_resumed_run_equals_the_uninterrupted_one(trunk, tmp_path):
     assert "continue with --resume" in stopped.stdout
     assert len(metrics(interrupted)) == 8
     pretrain("--resume", interrupted)
-    assert metrics(interrupted) == metrics(trunk)  # loss, LR and grad norm, bit for bit
+    assert_same_run(metrics(interrupted), metrics(trunk))
 
 
 def test_step_batch_size_schedule_gives_powers_beta_and_resumes(tmp_path):
@@ -278,7 +293,7 @@ def test_resume_falls_back_past_an_unreadable_checkpoint_and_ignores_partial_one
     result = pretrain("--resume", run_dir)
     assert "resuming from" in result.stdout and "iter_0000004" in result.stdout
     assert "iter_0000008 unreadable" in result.stdout
-    assert metrics(run_dir) == metrics(trunk)
+    assert_same_run(metrics(run_dir), metrics(trunk))
     assert not junk.exists()  # the next save clears partial directories
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "iter_0000004", "iter_0000008", "iter_0000020", "latest"
@@ -333,5 +348,5 @@ def test_a_copied_run_directory_resumes_where_it_now_is(trunk, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(original, elsewhere / "copy")
     pretrain("--resume", (elsewhere / "copy").resolve(), cwd=elsewhere.parent.parent)
-    assert metrics(elsewhere / "copy") == metrics(trunk)
+    assert_same_run(metrics(elsewhere / "copy"), metrics(trunk))
     assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before

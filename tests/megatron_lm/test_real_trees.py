@@ -170,12 +170,13 @@ def test_power_and_mup_train_resume_and_override_on_the_real_tree(tree, tmp_path
             continue
         assert std == pytest.approx(want, rel=0.06), name
 
-    # Resumed at 5: loss and every group's LR equal the uninterrupted run's.
+    # Resumed at 5: every group's LR equals the uninterrupted run's, the loss within 1e-5
+    # (two fresh CPU runs can differ by a float32 ulp: MKL/oneDNN pick kernels at run time).
     resumed = run(tree, tmp_path / "resumed.json", *power(lr), *MUP,
                   "--load", str(tmp_path / "ckpt"), "--ckpt-step", "5")  # fmt: skip
     assert [row["iteration"] for row in resumed["rows"]] == list(range(1, ITERS - 5 + 1))
     for before, after in zip(full["rows"][5:], resumed["rows"], strict=True):
-        assert after["loss"] == before["loss"]
+        assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
         assert lrs_by_param(after) == lrs_by_param(before)
 
     # Resumed at 5 with --lr doubled and the override: the new schedule, muP ratios kept.
@@ -336,7 +337,7 @@ def test_moe_with_expert_parallelism_applies_mup_and_resumes(tree, tmp_path):
     resumed = run(tree, tmp_path / "moe_resumed.json", *power(lr), *MUP, *MOE, "--load",
                   str(tmp_path / "ckpt"), "--ckpt-step", "5", ranks=2)  # fmt: skip
     for before, after in zip(full["rows"][5:], resumed["rows"], strict=True):
-        assert after["loss"] == before["loss"]
+        assert after["loss"] == pytest.approx(before["loss"], rel=1e-5)
         assert lrs_by_param(after) == lrs_by_param(before)
 
 
