@@ -625,7 +625,7 @@ def report(models: list[str]) -> str:
         header += [f"{label} ratio (excess)" for _, label in POWER_ROWS]
         header += ["Power LR scale probe: best x (loss / x1)"]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
-        found = []
+        found, by_cell = [], {}
         for cell in CELLS:
             file = STORE / model / cell.name / "cell.json"
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
@@ -636,6 +636,7 @@ def report(models: list[str]) -> str:
             result = json.loads(file.read_text())
             r = ratios(result)
             found.append(r)
+            by_cell[cell.name] = result
             wsd = result["wsd"]
             values = [fmt(result[k]) if k in result else "-" for k, _ in POWER_ROWS]
             values += [ratio_text(r, k) for k, _ in POWER_ROWS]
@@ -660,9 +661,88 @@ def report(models: list[str]) -> str:
                       + (f"; excess ratio mean {summary['excess_mean']:.3f}, worst "
                          f"{summary['excess_worst']:.3f} (target <= 1.00)" if excess else "")
                       + "."]  # fmt: skip
+        lines += diagnosis(by_cell, overall[model])
         lines += width_report(model, overall)
         lines.append("")
     return "\n".join(lines) + "\n", overall
+
+
+#: What each cause is read from: (cause, the cell, the cell it differs from by that cause
+#: alone; None: the row difference within each cell). Every comparison is at one budget
+#: and batch unless the cause says otherwise.
+CAUSES = (
+    ("muP at width (8x vs 4x the proxies' width)", "w256-b8", "w128-b8"),
+    ("batch rule: Megatron ramp 4 -> 16 (vs constant batch 8)", "w128-ramp", "w128-b8"),
+    ("batch rule: step schedule 4 -> 16 in tokens (vs batch 8)", "w128-step", "w128-b8"),
+    ("batch rule + budget: unseen batch 16 at 10x (vs batch 8 at 4x)", "w128-b16-10x",
+     "w128-b8"),
+    ("data: Shakespeare at 8x width (vs the Markov source)", "w256-b8-text", "w256-b8"),
+)  # fmt: skip
+DIAGNOSED = (("power-tail", "fitted tail"), ("power-long", f"{LONG_TAIL:.0%} tail"))
+
+
+def ratio_noise(result: dict, key: str) -> float:
+    """One seed-sd of the ratio row / best tuned (both means of their seeds)."""
+    best = min(result["wsd"], result["cosine"], key=lambda row: row["mean"])
+    spread = math.hypot(result[key]["sd"], best["sd"]) / math.sqrt(len(SEEDS))
+    return spread / best["mean"]
+
+
+def diagnosis(cells: dict[str, dict], summary: dict) -> list[str]:
+    """Where Power's gap to the best tuned schedule comes from, read off the cells: the
+    tail, the fit (its proxies' budget), muP at width, the batch rule and the data, each as
+    a change of the ratio in percentage points between rows or cells that differ by that
+    one cause (± its seed sd), and the LR level from the probe."""
+    if not cells:
+        return []
+    ratio = {name: ratios(result) for name, result in cells.items()}
+    lines = ["", "Where the gap comes from (change of the ratio Power / best tuned, in "
+             "percentage points ± seed sd; + = the cause costs Power; a change within twice "
+             "its sd is not a cause):", "",
+             "| cause | " + " | ".join(f"Power ({label})" for _, label in DIAGNOSED) + " |",
+             "| --- |" + " ---: |" * len(DIAGNOSED)]  # fmt: skip
+    causes: dict[str, dict[str, list[float]]] = {}
+
+    def row(cause: str, pairs: dict[str, list[tuple[str, str, str, str]]]) -> None:
+        """pairs[key]: (cell, row, cell, row) differences, averaged over the list."""
+        shown, causes[cause] = [], {}
+        for key, _ in DIAGNOSED:
+            usable = [(c1, r1, c2, r2) for c1, r1, c2, r2 in pairs[key]
+                      if r1 in ratio.get(c1, {}) and r2 in ratio.get(c2, {})]  # fmt: skip
+            if not usable:
+                shown.append("-")
+                continue
+            change = statistics.fmean(ratio[c1][r1] - ratio[c2][r2] for c1, r1, c2, r2 in usable)
+            sd = math.sqrt(sum(ratio_noise(cells[c1], r1) ** 2 + ratio_noise(cells[c2], r2) ** 2
+                               for c1, r1, c2, r2 in usable)) / len(usable)  # fmt: skip
+            causes[cause][key] = [change, sd]
+            shown.append(f"{100 * change:+.2f} ± {100 * sd:.2f}")
+        lines.append(f"| {cause} | " + " | ".join(shown) + " |")
+
+    row(
+        "tail: the fit's 20% instead of this row's (mean over cells)",
+        {key: [(n, "power", n, key) for n in cells] for key, _ in DIAGNOSED},
+    )
+    longfit = {"power-tail": "power-longfit", "power-long": "power-longfit-long"}
+    row(
+        "fit: proxies of 51k-205k tokens instead of 26k-102k (mean over cells)",
+        {key: [(n, longfit[key], n, key) for n in cells] for key, _ in DIAGNOSED},
+    )
+    for cause, cell, reference in CAUSES:
+        row(cause, {key: [(cell, key, reference, key)] for key, _ in DIAGNOSED})
+    gains = {}
+    for name, result in cells.items():
+        if "probe" in result:
+            losses = result["probe"]["seed0_loss_by_scale"]
+            best = min(losses, key=losses.get)
+            gains[name] = (best, losses[best] / losses["1"] - 1)
+    lines += ["", "LR level (the probe: the fitted-tail Power's whole LR scaled, seed 0; "
+              "the best scale and its change of the loss, in %): "
+              + ", ".join(f"{name} x{best} ({100 * gain:+.2f})"
+                          for name, (best, gain) in gains.items()) + "."]  # fmt: skip
+    probes = {name: {"scale": best, "gain": gain} for name, (best, gain) in gains.items()}
+    summary["diagnosis"] = {"causes_points": causes, "probe": probes}
+    return lines
 
 
 def probe_text(result: dict) -> str:
