@@ -806,61 +806,65 @@ def width_table(model: str, data: str, overall: dict) -> list[str]:
     return lines
 
 
-def plot(models: list[str], png: Path) -> None:
-    """Ratio per cell, and the LR curves of the compared schedules in each cell."""
+def plot(models: list[str], data: str, png: Path) -> bool:
+    """One figure per data set: Power / best tuned per cell, each cell's LR curves of the
+    compared schedules, and the optimal LR against width. False when nothing has run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results = {(m, c.name): json.loads(f.read_text()) for m in models for c in CELLS
-               if (f := STORE / m / c.name / "cell.json").is_file()}  # fmt: skip
-    if not results:
-        return
-    columns = min(4, 1 + len(results))
-    rows_of_panels = math.ceil((1 + len(results)) / columns)
-    figure, grid = plt.subplots(rows_of_panels, columns, squeeze=False,
-                                figsize=(4.2 * columns, 3.6 * rows_of_panels))  # fmt: skip
+               if c.data == data and (f := STORE / m / c.name / "cell.json").is_file()}  # fmt: skip
+    widths = {m: json.loads(f.read_text()) for m in models
+              if (f := STORE / m / f"width-{data}.json").is_file()}  # fmt: skip
+    if not results and not widths:
+        return False
+    panels = 1 + len(results) + len(widths)
+    columns = min(4, panels)
+    lines = math.ceil(panels / columns)
+    figure, grid = plt.subplots(lines, columns, squeeze=False,
+                                figsize=(4.2 * columns, 3.6 * lines))  # fmt: skip
     axes = list(grid.flat)
-    for spare in axes[1 + len(results) :]:
+    for spare in axes[panels:]:
         spare.set_visible(False)
     names = [f"{m} {c}" for m, c in results]
-    rows = [key for key, _ in POWER_ROWS if key != "paper"]
-    for offset, key in enumerate(rows):
-        axes[0].bar([i + 0.4 * offset for i in range(len(names))],
-                    [ratios(r).get(key, math.nan) for r in results.values()], width=0.4,
+    keys = [key for key, _ in POWER_ROWS if key != "paper"]
+    width = 0.8 / len(keys)
+    for offset, key in enumerate(keys):
+        axes[0].bar([i + width * (offset - (len(keys) - 1) / 2) for i in range(len(names))],
+                    [ratios(r).get(key, math.nan) for r in results.values()], width=width,
                     label=dict(POWER_ROWS)[key])  # fmt: skip
     axes[0].set_xticks(range(len(names)), names)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     axes[0].axhline(1.0, color="grey", linestyle=":")
-    axes[0].set(title="Power (fitted) / best tuned", ylim=(0.98, 1.03))
+    axes[0].set(title=f"{data}: Power / best tuned", ylim=(0.98, 1.03))
     axes[0].tick_params(axis="x", rotation=60, labelsize=7)
-    for axis, ((model, name), result) in zip(axes[1:], results.items(), strict=False):
+    panel = 1
+    for (model, name), result in results.items():
+        axis = axes[panel]
+        panel += 1
         for key, label in (("cosine", "cosine (tuned)"), ("wsd", "WSD (tuned)"), *POWER_ROWS):
             if not result.get(key, {}).get("lr_curve"):
                 continue
             tokens, lrs = zip(*result[key]["lr_curve"], strict=True)
             axis.plot(tokens, lrs, label=label)
         axis.set(title=f"{model} {name}", xlabel="tokens", ylabel="LR")
+        axis.legend(fontsize=6)
+    for model, result in widths.items():
+        axis = axes[panel]
+        panel += 1
+        for param, entry in result["params"].items():
+            rows = entry["rows"]
+            axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
+                      marker="o", label=param)  # fmt: skip
+        axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
+                 title=f"{model}: optimal LR vs width")  # fmt: skip
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(png, dpi=100)
     plt.close(figure)
-    widths = {f"{m} {d}": json.loads(f.read_text()) for m in models for d in WIDTH_DATA
-              if (f := STORE / m / f"width-{d}.json").is_file()}  # fmt: skip
-    if widths:
-        figure, axes = plt.subplots(1, len(widths), figsize=(5 * len(widths), 3.6), squeeze=False)
-        for axis, (model, result) in zip(axes[0], widths.items(), strict=True):
-            for param, entry in result["params"].items():
-                rows = entry["rows"]
-                axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
-                          marker="o", label=param)  # fmt: skip
-            axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
-                     title=f"{model}: optimal LR vs width")  # fmt: skip
-            axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(png.with_name(png.stem + "_width.png"), dpi=100)
-        plt.close(figure)
+    return True
 
 
 def main() -> None:
@@ -897,7 +901,8 @@ def main() -> None:
     print(text)
     atomic_write_text(RESULTS / "joint_transfer.md", text)
     atomic_write_text(RESULTS / "joint_transfer.json", json.dumps(overall, indent=2) + "\n")
-    plot(list(MODELS), RESULTS / "joint_transfer.png")
+    for data in WIDTH_DATA:
+        plot(list(MODELS), data, RESULTS / f"joint_transfer_{data}.png")
 
 
 if __name__ == "__main__":
