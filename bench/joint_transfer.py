@@ -499,7 +499,8 @@ def sweep_name(name: str, extra: str) -> str:
 
 def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
     """Phase 3: SP, plain muP and muP with its base multipliers tuned, each LR-tuned at
-    every width (grid grown until interior; the best LR with seeds 0-2)."""
+    every width (seed-0 grid grown until interior; its best LR and neighbours with seeds
+    0-2, the optimum from their means)."""
     from megatron_power.sweep.fit import optimum
 
     tune = tuned_mup(store, model, data, data_flags)
@@ -524,23 +525,74 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
 
             start = [centre(width) * 2.0**k for k in range(-2, 3)]
             grid = grow(store, name, make, start, f"{model} {data} {param} w{width}")
-            best = min(grid, key=grid.get)
-            store.add(name, make([best], SEEDS))
-            store.run(f"{model} {data} {param} w{width}: seeds")
-            seeds = store.losses(name, make([best], SEEDS))
+            means, sds = seed_means(store, name, make, grid, f"{model} {data} {param} w{width}")
+            best = min(means, key=means.get)
+            eta_opt, on_edge = optimum(list(means), list(means.values()))
             finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
-            eta_opt, on_edge = optimum(list(finite), list(finite.values()))
-            losses = [seeds[best, seed] for seed in SEEDS]
+            losses = [store.losses(name, make([best], SEEDS))[best, seed] for seed in SEEDS]
             rows[width] = {
                 "grid": {f"{lr:g}": v for lr, v in grid.items()}, "best_lr": best,
-                "eta_opt": eta_opt, "on_edge": on_edge, "losses": losses,
-                "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+                "seed_means": {f"{lr:g}": v for lr, v in means.items()},
+                "seed_sds": {f"{lr:g}": v for lr, v in sds.items()},
+                "eta_opt": eta_opt, "on_edge": on_edge,
+                "eta_opt_seed0": optimum(list(finite), list(finite.values()))[0],
+                "losses": losses, "mean": statistics.fmean(losses),
+                "sd": statistics.stdev(losses),
             }  # fmt: skip
         optima = [rows[w]["eta_opt"] for w in WIDTHS]
-        out["params"][param] = {"rows": {str(w): r for w, r in rows.items()},
-                                "shift_x2_steps": math.log2(max(optima) / min(optima))}  # fmt: skip
+        seed0 = [rows[w]["eta_opt_seed0"] for w in WIDTHS]
+        out["params"][param] = {
+            "rows": {str(w): r for w, r in rows.items()},
+            "shift_x2_steps": math.log2(max(optima) / min(optima)),
+            "shift_x2_steps_interval": shift_interval(rows),
+            "shift_x2_steps_seed0": math.log2(max(seed0) / min(seed0)),
+        }
     atomic_write_text(STORE / model / f"width-{data}.json", json.dumps(out, indent=2) + "\n")
     return out
+
+
+def seed_means(store: Store, name: str, make, grid: dict[float, float], what: str):
+    """({LR: mean loss of seeds 0-2}, {LR: their sd}) at the seed-0 grid's best LR and its
+    neighbours, widened while the mean's best sits at an end of the LRs with seeds: one
+    seed's grid has a flat bottom within its noise (its optimum moved up to 0.9 x2-steps
+    over width on text where the 3-seed means agree better)."""
+    lrs = sorted(lr for lr, v in grid.items() if math.isfinite(v))
+    at = lrs.index(min(grid, key=grid.get))
+    low, high = max(0, at - 1), min(len(lrs) - 1, at + 1)
+    while True:
+        chosen = lrs[low : high + 1]
+        store.add(name, make(chosen, SEEDS))
+        store.run(f"{what}: seeds")
+        found = store.losses(name, make(chosen, SEEDS), diverged_ok=True)
+        means = {lr: statistics.fmean(found[lr, seed] for seed in SEEDS) for lr in chosen}
+        sds = {lr: statistics.stdev(found[lr, seed] for seed in SEEDS) for lr in chosen}
+        best = min(means, key=means.get)
+        if best == chosen[0] and low > 0:
+            low -= 1
+        elif best == chosen[-1] and high < len(lrs) - 1:
+            high += 1
+        else:
+            return means, sds
+
+
+def shift_interval(rows: dict[int, dict], draws: int = 2000) -> list[float]:
+    """The 16th-84th percentile of the optimum's move over width (x2 steps) when each seed
+    mean is redrawn within its standard error: how far the measured move can be trusted."""
+    import numpy as np
+
+    from megatron_power.sweep.fit import optimum
+
+    generator = np.random.default_rng(0)
+    shifts = []
+    for _ in range(draws):
+        optima = []
+        for row in rows.values():
+            lrs = [float(lr) for lr in row["seed_means"]]
+            drawn = [mean + generator.normal() * row["seed_sds"][lr] / math.sqrt(len(SEEDS))
+                     for lr, mean in row["seed_means"].items()]  # fmt: skip
+            optima.append(optimum(lrs, drawn)[0])
+        shifts.append(math.log2(max(optima) / min(optima)))
+    return [float(v) for v in np.percentile(shifts, [16, 84])]
 
 
 def lr_curve(runs: Path, lr: float, points: int = 100) -> list[tuple[int, float]]:
@@ -805,12 +857,23 @@ def width_table(model: str, data: str, overall: dict) -> list[str]:
         "shift_x2_steps": shifts,
         "tuned_muP_worse_at": worse,
     }
-    lines += ["", "Optimum LR moves over 8x width (x2 steps; target <= 0.5 for muP): "
-              + ", ".join(f"{n} {v:.2f}" for n, v in shifts.items())
+    lines += ["", "Optimum LR moves over 8x width (x2 steps; target <= 0.5 for muP; the "
+              "optimum: the parabola vertex of the 3-seed means around the best LR, [16-84% "
+              "range with each mean redrawn within its standard error], and what seed 0's grid "
+              "alone gave): "
+              + ", ".join(f"{n} {v:.2f}" + shift_detail(params[n]) for n, v in shifts.items())
               + ". Tuned muP is " + (f"worse than tuned SP at widths {worse}" if worse
                                      else "no worse than tuned SP at every width")
               + " (target: never worse). * = best LR on the grid's edge."]  # fmt: skip
     return lines
+
+
+def shift_detail(entry: dict) -> str:
+    """' [low, high] (seed 0: x)' where the width phase measured them."""
+    if "shift_x2_steps_interval" not in entry:
+        return " (seed 0's grid only: measured before the 3-seed means)"
+    low, high = entry["shift_x2_steps_interval"]
+    return f" [{low:.2f}, {high:.2f}] (seed 0: {entry['shift_x2_steps_seed0']:.2f})"
 
 
 def plot(models: list[str], data: str, png: Path) -> bool:
