@@ -853,8 +853,16 @@ def width_table(model: str, data: str, overall: dict) -> list[str]:
             worse.append(width)
         lines.append(f"| {width} | {cells} | {gap:+.4f} ± {spread:.4f} |")
     shifts = {n: params[n]["shift_x2_steps"] for n in names}
+    # The move between the two largest widths alone: muP's rules are asymptotic, so a drift
+    # confined to the step from the base width is a finite-width effect of the base.
+    wide = [str(w) for w in result["widths"][-2:]]
+    wide_shifts = {}
+    for n in names:
+        rows = params[n]["rows"]
+        wide_shifts[n] = abs(math.log2(rows[wide[1]]["eta_opt"] / rows[wide[0]]["eta_opt"]))
     overall.setdefault(model, {})[f"width-{data}"] = {
         "shift_x2_steps": shifts,
+        f"shift_x2_steps_{wide[0]}_to_{wide[1]}": wide_shifts,
         "tuned_muP_worse_at": worse,
     }
     lines += ["", "Optimum LR moves over 8x width (x2 steps; target <= 0.5 for muP; the "
@@ -862,6 +870,8 @@ def width_table(model: str, data: str, overall: dict) -> list[str]:
               "range with each mean redrawn within its standard error], and what seed 0's grid "
               "alone gave): "
               + ", ".join(f"{n} {v:.2f}" + shift_detail(params[n]) for n, v in shifts.items())
+              + f"; from width {wide[0]} to {wide[1]} alone: "
+              + ", ".join(f"{n} {v:.2f}" for n, v in wide_shifts.items())
               + ". Tuned muP is " + (f"worse than tuned SP at widths {worse}" if worse
                                      else "no worse than tuned SP at every width")
               + " (target: never worse). * = best LR on the grid's edge."]  # fmt: skip
