@@ -529,7 +529,8 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
             best = min(means, key=means.get)
             eta_opt, on_edge = optimum(list(means), list(means.values()))
             finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
-            losses = [store.losses(name, make([best], SEEDS))[best, seed] for seed in SEEDS]
+            found = store.losses(name, make([best], SEEDS))
+            losses = [found[best, seed] for seed in SEEDS]
             rows[width] = {
                 "grid": {f"{lr:g}": v for lr, v in grid.items()}, "best_lr": best,
                 "seed_means": {f"{lr:g}": v for lr, v in means.items()},
@@ -725,9 +726,9 @@ def report(models: list[str]) -> str:
     return "\n".join(lines) + "\n", overall
 
 
-#: What each cause is read from: (cause, the cell, the cell it differs from by that cause
-#: alone; None: the row difference within each cell). Every comparison is at one budget
-#: and batch unless the cause says otherwise.
+#: The causes read off two cells: (cause, the cell, the cell it differs from by that cause
+#: alone). Every comparison is at one budget and batch unless the cause says otherwise; the
+#: tail and the fit are read as row differences within each cell (``diagnosis``).
 CAUSES = (
     ("muP at width (8x vs 4x the proxies' width)", "w256-b8", "w128-b8"),
     ("batch rule: Megatron ramp 4 -> 16 (vs constant batch 8)", "w128-ramp", "w128-b8"),
@@ -886,9 +887,9 @@ def shift_detail(entry: dict) -> str:
     return f" [{low:.2f}, {high:.2f}] (seed 0: {entry['shift_x2_steps_seed0']:.2f})"
 
 
-def plot(models: list[str], data: str, png: Path) -> bool:
+def plot(models: list[str], data: str, png: Path) -> None:
     """One figure per data set: Power / best tuned per cell, each cell's LR curves of the
-    compared schedules, and the optimal LR against width. False when nothing has run."""
+    compared schedules, and the optimal LR against width (none until something has run)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -899,7 +900,7 @@ def plot(models: list[str], data: str, png: Path) -> bool:
     widths = {m: json.loads(f.read_text()) for m in models
               if (f := STORE / m / f"width-{data}.json").is_file()}  # fmt: skip
     if not results and not widths:
-        return False
+        return
     panels = 1 + len(results) + len(widths)
     columns = min(4, panels)
     lines = math.ceil(panels / columns)
@@ -944,7 +945,6 @@ def plot(models: list[str], data: str, png: Path) -> bool:
     figure.tight_layout()
     figure.savefig(png, dpi=100)
     plt.close(figure)
-    return True
 
 
 def main() -> None:
