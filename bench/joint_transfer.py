@@ -450,12 +450,13 @@ TUNE_FIELDS = {
 
 def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
     """``megatron-power mup-tune`` at the base width: the base model's own multipliers,
-    each candidate list grown by one step while the tune's choice sits on its edge."""
+    each candidate list, and the LRs, grown by one step while the tune's choice sits on
+    its edge (a large readout multiplier moves the best LR below the first list)."""
     name = f"{model}/mup-tune-{data}"
     store.restore(name)
     lrs = [2.0**-k for k in range(9, 2, -1)]
     candidates = {flag: list(values) for flag, values in TUNE_CANDIDATES.items()}
-    for _ in range(4):
+    for _ in range(8):
         subprocess.run(
             [sys.executable, "-m", "megatron_power.cli.main", "mup-tune",
              "--tune-dir", str(store.work / name), "--hidden-size", str(BASE),
@@ -468,6 +469,12 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
         store.save(name)
         tune = json.loads((store.work / name / "tune.json").read_text())
         grown = False
+        if tune["best_lr"] <= lrs[0]:
+            lrs.insert(0, lrs[0] / 2)
+            grown = True
+        elif tune["best_lr"] >= lrs[-1]:
+            lrs.append(lrs[-1] * 2)
+            grown = True
         for flag, field in TUNE_FIELDS.items():
             values, chosen = candidates[flag], tune["chosen"][field]
             step = values[-1] / values[-2]
@@ -481,6 +488,7 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
         if not grown:
             break
     tune["candidates"] = candidates
+    tune["lrs"] = lrs
     atomic_write_text(STORE / name / "tune.json", json.dumps(tune, indent=2) + "\n")
     return tune
 
