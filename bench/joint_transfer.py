@@ -448,6 +448,19 @@ TUNE_FIELDS = {
 }
 
 
+def grow_at_edge(values: list[float], chosen: float) -> bool:
+    """Extend the sorted ``values`` by one step past the end ``chosen`` sits on (the
+    LRs' best may lie beyond it); whether they grew."""
+    step = values[-1] / values[-2]
+    if chosen <= values[0]:
+        values.insert(0, values[0] / step)
+    elif chosen >= values[-1]:
+        values.append(values[-1] * step)
+    else:
+        return False
+    return True
+
+
 def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
     """``megatron-power mup-tune`` at the base width: the base model's own multipliers,
     each candidate list, and the LRs, grown by one step while the tune's choice sits on
@@ -468,23 +481,9 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
         )  # fmt: skip
         store.save(name)
         tune = json.loads((store.work / name / "tune.json").read_text())
-        grown = False
-        if tune["best_lr"] <= lrs[0]:
-            lrs.insert(0, lrs[0] / 2)
-            grown = True
-        elif tune["best_lr"] >= lrs[-1]:
-            lrs.append(lrs[-1] * 2)
-            grown = True
+        grown = grow_at_edge(lrs, tune["best_lr"])
         for flag, field in TUNE_FIELDS.items():
-            values, chosen = candidates[flag], tune["chosen"][field]
-            step = values[-1] / values[-2]
-            if chosen == values[-1]:
-                values.append(values[-1] * step)
-            elif chosen == values[0]:
-                values.insert(0, values[0] / step)
-            else:
-                continue
-            grown = True
+            grown |= grow_at_edge(candidates[flag], tune["chosen"][field])
         if not grown:
             break
     tune["candidates"] = candidates
