@@ -46,7 +46,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quality import Pool, shakespeare_flags
@@ -436,6 +436,47 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
     return result
 
 
+#: The tails a cell's width-32 proxies choose among: those with a Power row in every cell
+#: (the fit's, the proxies' fitted tail, the long tail), so the choice costs no held-out run.
+PROXY_TAILS = [0.2, 0.4, LONG_TAIL]
+
+
+def proxy_tail(store: Store, model: str, cell: Cell, report: dict, data_flags: str) -> dict:
+    """Phase 2b, the fix the cells point to (a tail fitted per data set at the target
+    budget): Power with the fitted a, b, c on a width-32 copy of the cell (its data, budget
+    and batch or schedule; seeds as the cell's), each tail in PROXY_TAILS; the tail with
+    the lowest mean loss is the cell's choice. The held-out cell is not looked at."""
+    cap, fitted, _ = power_flags(report)
+    seeds = TEXT_SEEDS if cell.data == "text" else SEEDS
+    proxy = replace(cell, width=BASE)
+    extra = f"{MODELS[model]} {MUP} {data_flags} {fitted}"
+    specs = {}
+    for fraction in PROXY_TAILS:
+        # Named without the width: cells that differ only by width share their proxies.
+        name = f"{model}/proxy-tail/{cell.name.removeprefix(f'w{cell.width}-')}/f{fraction:g}"
+        specs[fraction] = (name, make_spec("power", proxy, [cap], extra, seeds, fraction))
+        store.add(*specs[fraction])
+    store.run(f"{model}/{cell.name}: tail on width-{BASE} proxies")
+    losses = {}
+    for fraction, (name, spec) in specs.items():
+        found = store.losses(name, spec)
+        losses[f"{fraction:g}"] = [found[cap, seed] for seed in seeds]
+    means = {f: statistics.fmean(v) for f, v in losses.items()}
+    chosen = float(min(means, key=means.get))
+    return {"losses": losses, "means": means, "fraction": chosen}
+
+
+def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, text_flags) -> dict:
+    """proxy_tail for ``cells``, kept beside the earlier cells' choices."""
+    path = STORE / model / "proxy-tail.json"
+    out = json.loads(path.read_text()) if path.is_file() else {}
+    for cell in cells:
+        data_flags = text_flags() if cell.data == "text" else ""
+        out[cell.name] = proxy_tail(store, model, cell, report, data_flags)
+        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    return out
+
+
 WIDTHS = [BASE, 4 * BASE, 8 * BASE]
 WIDTH_DATA = ["markov", "text"]
 WIDTH_TOKENS, WIDTH_BATCH = 2 * LARGEST, 8
@@ -631,7 +672,21 @@ POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)")
               ("power-longfit", f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, fitted tail)"),
               ("power-longfit-long",
                f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, {LONG_TAIL:.0%} tail)"),
+              ("power-proxytail", f"Power (tail chosen on width-{BASE} proxies of the cell)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
+
+
+def with_proxy_tail(result: dict, choice: dict | None) -> dict:
+    """The cell's result with a "power-proxytail" row: the existing Power row (same a, b,
+    c) whose tail the cell's width-32 proxies chose."""
+    if choice is None:
+        return result
+    by_fraction = {result[key].get("fraction", 0.2): key
+                   for key in ("power", "power-tail", "power-long") if key in result}  # fmt: skip
+    key = by_fraction.get(choice["fraction"])
+    if key is None:
+        return result
+    return {**result, "power-proxytail": {**result[key], "fraction": choice["fraction"]}}
 
 
 def ratios(result: dict) -> dict:
@@ -692,6 +747,8 @@ def report(models: list[str]) -> str:
         header += ["Power LR scale probe: best x (loss / x1)"]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found, by_cell = [], {}
+        choice_file = STORE / model / "proxy-tail.json"
+        proxy_choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {}
         for cell in CELLS:
             file = STORE / model / cell.name / "cell.json"
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
@@ -699,7 +756,7 @@ def report(models: list[str]) -> str:
             if not file.is_file():
                 lines.append(start + "not yet run |" + " |" * (len(header) - 5))
                 continue
-            result = json.loads(file.read_text())
+            result = with_proxy_tail(json.loads(file.read_text()), proxy_choice.get(cell.name))
             r = ratios(result)
             found.append(r)
             by_cell[cell.name] = result
@@ -710,6 +767,13 @@ def report(models: list[str]) -> str:
             lines.append(start + f"{fmt(result['cosine'])} @ {result['cosine']['lr']:.3g} | "
                          f"{fmt(wsd)} @ {wsd['lr']:.3g} {wsd['shape']} {wsd['fraction']:g} | "
                          + " | ".join(values) + " |")  # fmt: skip
+        if proxy_choice:
+            lines += ["", f"Tail chosen on width-{BASE} proxies of each cell (Power with the "
+                      "fitted a, b, c in the cell's data, budget and batch schedule; mean loss "
+                      "per tail fraction): " + "; ".join(
+                          f"{name} {c['fraction']:g} ("
+                          + ", ".join(f"{f}: {v:.4f}" for f, v in c["means"].items()) + ")"
+                          for name, c in proxy_choice.items()) + "."]  # fmt: skip
         target = 1.005 if model == "dense" else 1.01
         overall[model] = {"cells": len(found), "of": len(CELLS)}
         for key, label in POWER_ROWS:
@@ -960,33 +1024,41 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
-    parser.add_argument("--phases", nargs="+", choices=["cells", "width"],
-                        default=["cells", "width"])  # fmt: skip
+    parser.add_argument("--phases", nargs="+", choices=["cells", "proxy-tail", "width"],
+                        default=["cells", "proxy-tail", "width"])  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="run nothing")
     args = parser.parse_args()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         store = Store(work, Pool())
-        text_flags = None
+        text: list[str] = []
+
+        def text_flags() -> str:
+            """Shakespeare's data flags, tokenised on first use."""
+            if not text:
+                text.append(shakespeare_flags(work))
+            return text[0]
+
+        cells = [c for c in CELLS if c.name in args.cells]
         for model in args.models:
             for data in WIDTH_DATA if "width" in args.phases else []:
-                if data == "text" and text_flags is None:
-                    text_flags = shakespeare_flags(work)
-                width_phase(store, model, data, text_flags if data == "text" else "")
-            if "cells" not in args.phases:
+                width_phase(store, model, data, text_flags() if data == "text" else "")
+            if not {"cells", "proxy-tail"} & set(args.phases):
                 continue
             fitted = fit(store, model)
+            if "proxy-tail" in args.phases:
+                proxy_tails(store, model, cells, fitted, text_flags)
+            if "cells" not in args.phases:
+                continue
             tail = fit_tail(store, model, fitted)
             long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
-            for cell in (c for c in CELLS if c.name in args.cells):
-                if cell.data == "text" and text_flags is None:
-                    text_flags = shakespeare_flags(work)
-                data_flags = text_flags if cell.data == "text" else ""
+            for cell in cells:
+                data_flags = text_flags() if cell.data == "text" else ""
                 tune_cell(store, model, cell, fitted, tail, data_flags, long_fit)
-    text, overall = report(list(MODELS))
-    print(text)
-    atomic_write_text(RESULTS / "joint_transfer.md", text)
+    markdown, overall = report(list(MODELS))
+    print(markdown)
+    atomic_write_text(RESULTS / "joint_transfer.md", markdown)
     atomic_write_text(RESULTS / "joint_transfer.json", json.dumps(overall, indent=2) + "\n")
     for data in WIDTH_DATA:
         plot(list(MODELS), data, RESULTS / f"joint_transfer_{data}.png")
