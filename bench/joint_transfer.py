@@ -18,6 +18,10 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    0.02 is a reported row; all with seeds 0-2 (0-5 on text, whose seed spread is
    larger). A probe scales the fitted-tail Power's whole LR (x0.25, x0.5, x2, seed 0),
    to tell a wrong LR level from a wrong shape;
+   2b. the fix the cells point to, a tail fitted per data set at the target budget: each
+   cell's width-32 copy (its data, budget, batch or schedule) runs Power with the fitted
+   a, b, c and tails of 20%, 40% and 80% (3 seeds, 6 on text); the tail it prefers picks
+   that cell's reported row (``--phases proxy-tail``; no held-out run is looked at);
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width (each candidate list grown while the
@@ -770,9 +774,10 @@ def report(models: list[str]) -> str:
         if proxy_choice:
             lines += ["", f"Tail chosen on width-{BASE} proxies of each cell (Power with the "
                       "fitted a, b, c in the cell's data, budget and batch schedule; mean loss "
-                      "per tail fraction): " + "; ".join(
-                          f"{name} {c['fraction']:g} ("
-                          + ", ".join(f"{f}: {v:.4f}" for f, v in c["means"].items()) + ")"
+                      "± seed sd per tail fraction): " + "; ".join(
+                          f"{name} {c['fraction']:g} (" + ", ".join(
+                              f"{f}: {statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}"
+                              for f, v in c["losses"].items()) + ")"
                           for name, c in proxy_choice.items()) + "."]  # fmt: skip
         target = 1.005 if model == "dense" else 1.01
         overall[model] = {"cells": len(found), "of": len(CELLS)}
