@@ -443,40 +443,82 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
 #: The tails a cell's width-32 proxies choose among: those with a Power row in every cell
 #: (the fit's, the proxies' fitted tail, the long tail), so the choice costs no held-out run.
 PROXY_TAILS = [0.2, 0.4, LONG_TAIL]
+#: Then Power's whole LR (a and the cap) scaled at that tail: the probe found the fitted
+#: level 2x off in some cells; x1 is the tail step's own run.
+PROXY_SCALES = [0.5, 1.0, 2.0]
 
 
 def proxy_tail(store: Store, model: str, cell: Cell, report: dict, data_flags: str) -> dict:
     """Phase 2b, the fix the cells point to (a tail fitted per data set at the target
     budget): Power with the fitted a, b, c on a width-32 copy of the cell (its data, budget
     and batch or schedule; seeds as the cell's), each tail in PROXY_TAILS; the tail with
-    the lowest mean loss is the cell's choice. The held-out cell is not looked at."""
-    cap, fitted, _ = power_flags(report)
+    the lowest mean loss is the cell's choice; then at that tail each LR scale in
+    PROXY_SCALES, chosen the same way. The held-out cell is not looked at."""
     seeds = TEXT_SEEDS if cell.data == "text" else SEEDS
     proxy = replace(cell, width=BASE)
-    extra = f"{MODELS[model]} {MUP} {data_flags} {fitted}"
-    specs = {}
-    for fraction in PROXY_TAILS:
-        # Named without the width: cells that differ only by width share their proxies.
-        name = f"{model}/proxy-tail/{cell.name.removeprefix(f'w{cell.width}-')}/f{fraction:g}"
-        specs[fraction] = (name, make_spec("power", proxy, [cap], extra, seeds, fraction))
-        store.add(*specs[fraction])
-    store.run(f"{model}/{cell.name}: tail on width-{BASE} proxies")
-    losses = {}
-    for fraction, (name, spec) in specs.items():
-        found = store.losses(name, spec)
-        losses[f"{fraction:g}"] = [found[cap, seed] for seed in seeds]
-    means = {f: statistics.fmean(v) for f, v in losses.items()}
-    chosen = float(min(means, key=means.get))
-    return {"losses": losses, "means": means, "fraction": chosen}
+    # Named without the width: cells that differ only by width share their proxies.
+    key = cell.name.removeprefix(f"w{cell.width}-")
+
+    def mean_losses(specs: dict) -> tuple[dict, dict]:
+        for name, spec, _ in specs.values():
+            store.add(name, spec)
+        store.run(f"{model}/{cell.name}: width-{BASE} proxies")
+        losses = {}
+        for value, (name, spec, cap) in specs.items():
+            found = store.losses(name, spec)
+            losses[f"{value:g}"] = [found[cap, seed] for seed in seeds]
+        return losses, {f: statistics.fmean(v) for f, v in losses.items()}
+
+    def power(fraction: float, scale: float, name: str) -> tuple[str, SweepSpec, float]:
+        cap, flags, _ = power_flags(report, scale)
+        extra = f"{MODELS[model]} {MUP} {data_flags} {flags}"
+        return name, make_spec("power", proxy, [cap], extra, seeds, fraction), cap
+
+    losses, means = mean_losses({f: power(f, 1.0, f"{model}/proxy-tail/{key}/f{f:g}")
+                                 for f in PROXY_TAILS})  # fmt: skip
+    fraction = float(min(means, key=means.get))
+    specs = {scale: power(fraction, scale, f"{model}/proxy-scale/{key}/f{fraction:g}-x{scale:g}")
+             for scale in PROXY_SCALES if scale != 1.0}  # fmt: skip
+    scale_losses, scale_means = mean_losses(specs)
+    scale_losses["1"], scale_means["1"] = losses[f"{fraction:g}"], means[f"{fraction:g}"]
+    scale = float(min(scale_means, key=scale_means.get))
+    return {"losses": losses, "means": means, "fraction": fraction,
+            "scale": {"losses": scale_losses, "means": scale_means, "chosen": scale}}  # fmt: skip
+
+
+def proxy_tuned(store: Store, model: str, cell: Cell, report: dict, data_flags: str,
+                choice: dict) -> dict | None:  # fmt: skip
+    """The held-out cell's Power at the tail and LR scale its proxies chose (its seeds);
+    None at scale 1, where the cell's row of that tail is this run."""
+    scale, fraction = choice["scale"]["chosen"], choice["fraction"]
+    if scale == 1.0:
+        return None
+    seeds = TEXT_SEEDS if cell.data == "text" else SEEDS
+    cap, flags, _ = power_flags(report, scale)
+    extra = f"{MODELS[model]} {MUP} {data_flags} {flags}"
+    name = f"{model}/{cell.name}/power-x{scale:g}-tail-{fraction:g}"
+    spec = make_spec("power", cell, [cap], extra, seeds, fraction)
+    store.add(name, spec)
+    store.run(f"{model}/{cell.name}: Power x{scale:g}, tail {fraction:g}")
+    found = store.losses(name, spec)
+    losses = [found[cap, seed] for seed in seeds]
+    return {"lr": cap, "fraction": fraction, "scale": scale, "losses": losses,
+            "mean": statistics.fmean(losses), "sd": statistics.stdev(losses)}  # fmt: skip
 
 
 def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, text_flags) -> dict:
-    """proxy_tail for ``cells``, kept beside the earlier cells' choices."""
+    """proxy_tail for ``cells`` (all proxies first: they are cheap), then each cell's
+    proxy_tuned run; kept beside the earlier cells' choices."""
     path = STORE / model / "proxy-tail.json"
     out = json.loads(path.read_text()) if path.is_file() else {}
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
         out[cell.name] = proxy_tail(store, model, cell, report, data_flags)
+        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    for cell in cells:
+        data_flags = text_flags() if cell.data == "text" else ""
+        out[cell.name]["held_out"] = proxy_tuned(store, model, cell, report, data_flags,
+                                                 out[cell.name])  # fmt: skip
         atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     return out
 
@@ -677,12 +719,14 @@ POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)")
               ("power-longfit-long",
                f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, {LONG_TAIL:.0%} tail)"),
               ("power-proxytail", f"Power (tail chosen on width-{BASE} proxies of the cell)"),
+              ("power-proxytuned", f"Power (tail and LR scale chosen on width-{BASE} proxies)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
 def with_proxy_tail(result: dict, choice: dict | None) -> dict:
     """The cell's result with a "power-proxytail" row: the existing Power row (same a, b,
-    c) whose tail the cell's width-32 proxies chose."""
+    c) whose tail the cell's width-32 proxies chose; and "power-proxytuned": that row, or
+    its run with the LR scale they chose."""
     if choice is None:
         return result
     by_fraction = {result[key].get("fraction", 0.2): key
@@ -690,7 +734,29 @@ def with_proxy_tail(result: dict, choice: dict | None) -> dict:
     key = by_fraction.get(choice["fraction"])
     if key is None:
         return result
-    return {**result, "power-proxytail": {**result[key], "fraction": choice["fraction"]}}
+    out = {**result, "power-proxytail": {**result[key], "fraction": choice["fraction"]}}
+    if choice.get("held_out"):
+        out["power-proxytuned"] = choice["held_out"]
+    elif choice.get("scale", {}).get("chosen") == 1.0:
+        out["power-proxytuned"] = out["power-proxytail"]
+    return out
+
+
+def proxy_choice_text(name: str, choice: dict) -> str:
+    """One cell's proxy choices: each tail's and each scale's mean loss ± seed sd."""
+
+    def listed(losses: dict) -> str:
+        ordered = sorted(losses, key=float)
+        return ", ".join(
+            f"{k}: {statistics.fmean(losses[k]):.4f} ± {statistics.stdev(losses[k]):.4f}"
+            for k in ordered
+        )
+
+    text = f"{name} tail {choice['fraction']:g} ({listed(choice['losses'])})"
+    if "scale" in choice:
+        scale = choice["scale"]
+        text += f", LR x{scale['chosen']:g} ({listed(scale['losses'])})"
+    return text
 
 
 def ratios(result: dict) -> dict:
@@ -774,11 +840,9 @@ def report(models: list[str]) -> str:
         if proxy_choice:
             lines += ["", f"Tail chosen on width-{BASE} proxies of each cell (Power with the "
                       "fitted a, b, c in the cell's data, budget and batch schedule; mean loss "
-                      "± seed sd per tail fraction): " + "; ".join(
-                          f"{name} {c['fraction']:g} (" + ", ".join(
-                              f"{f}: {statistics.fmean(v):.4f} ± {statistics.stdev(v):.4f}"
-                              for f, v in c["losses"].items()) + ")"
-                          for name, c in proxy_choice.items()) + "."]  # fmt: skip
+                      "± seed sd per tail fraction, then per LR scale at that tail): "
+                      + "; ".join(proxy_choice_text(name, c) for name, c in
+                                  proxy_choice.items()) + "."]  # fmt: skip
         target = 1.005 if model == "dense" else 1.01
         overall[model] = {"cells": len(found), "of": len(CELLS)}
         for key, label in POWER_ROWS:
