@@ -548,10 +548,35 @@ def grow_at_edge(values: list[float], chosen: float) -> bool:
     return True
 
 
+#: A multiplier on its list's edge grows the list only where it beat its inner neighbour
+#: by more than this (nats at the base width, a tenth of the Markov source's seed spread
+#: there): the embedding multiplier's loss flattens out (dense, Markov: 1.5e-4 nats from
+#: 64 to 256, 6e-5 from 256 to 1024), and growing a flat list only walks the plateau.
+FLAT_GAIN = 1e-4
+
+
+def edge_gain(tried: list[dict], field: str, values: list[float], chosen: float) -> float:
+    """How much the tune's ``chosen`` value of ``field``, on an end of ``values``, beat its
+    inner neighbour (the largest gain over settings that agree on the other fields);
+    infinite where that neighbour was not tried, 0 for an interior choice."""
+    if chosen not in (values[0], values[-1]) or len(values) < 2:
+        return 0.0
+    inner = values[1] if chosen == values[0] else values[-2]
+    gains = [
+        neighbour["best_loss"] - edge["best_loss"]
+        for edge in tried
+        if edge["values"][field] == chosen
+        for neighbour in tried
+        if neighbour["values"] == {**edge["values"], field: inner}
+    ]
+    return max(gains, default=math.inf)
+
+
 def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
     """``megatron-power mup-tune`` at the base width: the base model's own multipliers,
     each candidate list, and the LRs, grown by one step while the tune's choice sits on
-    its edge (a large readout multiplier moves the best LR below the first list)."""
+    its edge (a large readout multiplier moves the best LR below the first list) and, for
+    a multiplier, beat its neighbour there by more than FLAT_GAIN."""
     name = f"{model}/mup-tune-{data}"
     store.restore(name)
     lrs = [2.0**-k for k in range(9, 2, -1)]
@@ -570,7 +595,9 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
         tune = json.loads((store.work / name / "tune.json").read_text())
         grown = grow_at_edge(lrs, tune["best_lr"])
         for flag, field in TUNE_FIELDS.items():
-            grown |= grow_at_edge(candidates[flag], tune["chosen"][field])
+            chosen = tune["chosen"][field]
+            if edge_gain(tune["tried"], field, candidates[flag], chosen) > FLAT_GAIN:
+                grown |= grow_at_edge(candidates[flag], chosen)
         if not grown:
             break
     tune["candidates"] = candidates
