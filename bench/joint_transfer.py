@@ -870,6 +870,15 @@ def report(models: list[str]) -> str:
                       "± seed sd per tail fraction, then per LR scale at that tail): "
                       + "; ".join(proxy_choice_text(name, c) for name, c in
                                   proxy_choice.items()) + "."]  # fmt: skip
+            levels = [f"{name} x{c['scale']['chosen']:g} / x{best_probe(by_cell[name])}"
+                      for name, c in proxy_choice.items()
+                      if "scale" in c and "probe" in by_cell.get(name, {})]  # fmt: skip
+            if levels:
+                lines += ["", "LR level at width 32 and held out (the proxies' best scale / "
+                          "the held-out probe's best, seed 0, at the fitted tail): "
+                          + ", ".join(levels) + ". Where they differ at one data set, budget "
+                          "and batch, the level moved with the width (muP's transfer), not "
+                          "with the budget (the fit)."]  # fmt: skip
         target = 1.005 if model == "dense" else 1.01
         overall[model] = {"cells": len(found), "of": len(CELLS)}
         for key, label in POWER_ROWS:
@@ -972,12 +981,18 @@ def diagnosis(cells: dict[str, dict], summary: dict) -> list[str]:
     return lines
 
 
+def best_probe(result: dict) -> str:
+    """The scale of Power's LR that did best in the cell's probe (seed 0)."""
+    losses = result["probe"]["seed0_loss_by_scale"]
+    return min(losses, key=losses.get)
+
+
 def probe_text(result: dict) -> str:
     """The scale of Power's LR that did best at seed 0, and its loss relative to x1."""
     if "probe" not in result:
         return "-"
     losses = result["probe"]["seed0_loss_by_scale"]
-    best = min(losses, key=losses.get)
+    best = best_probe(result)
     return f"x{best} ({losses[best] / losses['1']:.4f})"
 
 
