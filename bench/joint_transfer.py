@@ -769,6 +769,17 @@ def with_proxy_tail(result: dict, choice: dict | None) -> dict:
     return out
 
 
+def cell_result(model: str, cell: Cell) -> dict | None:
+    """The cell's stored result with its proxy-chosen rows (``with_proxy_tail``); None
+    before the cell has run."""
+    file = STORE / model / cell.name / "cell.json"
+    if not file.is_file():
+        return None
+    choices = STORE / model / "proxy-tail.json"
+    choice = json.loads(choices.read_text()).get(cell.name) if choices.is_file() else None
+    return with_proxy_tail(json.loads(file.read_text()), choice)
+
+
 def proxy_choice_text(name: str, choice: dict) -> str:
     """One cell's proxy choices: each tail's and each scale's mean loss ± seed sd."""
 
@@ -847,13 +858,12 @@ def report(models: list[str]) -> str:
         choice_file = STORE / model / "proxy-tail.json"
         proxy_choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {}
         for cell in CELLS:
-            file = STORE / model / cell.name / "cell.json"
+            result = cell_result(model, cell)
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
             start += f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
-            if not file.is_file():
+            if result is None:
                 lines.append(start + "not yet run |" + " |" * (len(header) - 5))
                 continue
-            result = with_proxy_tail(json.loads(file.read_text()), proxy_choice.get(cell.name))
             r = ratios(result)
             found.append(r)
             by_cell[cell.name] = result
@@ -1077,8 +1087,8 @@ def plot(models: list[str], data: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = {(m, c.name): json.loads(f.read_text()) for m in models for c in CELLS
-               if c.data == data and (f := STORE / m / c.name / "cell.json").is_file()}  # fmt: skip
+    results = {(m, c.name): r for m in models for c in CELLS
+               if c.data == data and (r := cell_result(m, c)) is not None}  # fmt: skip
     widths = {m: json.loads(f.read_text()) for m in models
               if (f := STORE / m / f"width-{data}.json").is_file()}  # fmt: skip
     if not results and not widths:
