@@ -20,8 +20,9 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    to tell a wrong LR level from a wrong shape;
    2b. the fix the cells point to, a tail fitted per data set at the target budget: each
    cell's width-32 copy (its data, budget, batch or schedule) runs Power with the fitted
-   a, b, c and tails of 20%, 40% and 80% (3 seeds, 6 on text); the tail it prefers picks
-   that cell's reported row (``--phases proxy-tail``; no held-out run is looked at);
+   a, b, c and the tails that have a row (20%, the fitted tail, 80%; 3 seeds, 6 on text);
+   the tail it prefers picks that cell's reported row, then Power's LR x0.5 or x2 at that
+   tail is tried the same way (``--phases proxy-tail``; no held-out run is looked at);
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width (each candidate list grown while the
@@ -440,19 +441,24 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
     return result
 
 
-#: The tails a cell's width-32 proxies choose among: those with a Power row in every cell
-#: (the fit's, the proxies' fitted tail, the long tail), so the choice costs no held-out run.
-PROXY_TAILS = [0.2, 0.4, LONG_TAIL]
 #: Then Power's whole LR (a and the cap) scaled at that tail: the probe found the fitted
 #: level 2x off in some cells; x1 is the tail step's own run.
 PROXY_SCALES = [0.5, 1.0, 2.0]
 
 
-def proxy_tail(store: Store, model: str, cell: Cell, report: dict, data_flags: str) -> dict:
+def proxy_fractions(tail: dict) -> list[float]:
+    """The tails a cell's width-32 proxies choose among: those with a Power row in every
+    cell (the fit's 20%, the proxies' fitted tail, the long tail), so the choice costs no
+    held-out run."""
+    return sorted({0.2, tail["fraction"], LONG_TAIL})
+
+
+def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
+               data_flags: str) -> dict:  # fmt: skip
     """Phase 2b, the fix the cells point to (a tail fitted per data set at the target
     budget): Power with the fitted a, b, c on a width-32 copy of the cell (its data, budget
-    and batch or schedule; seeds as the cell's), each tail in PROXY_TAILS; the tail with
-    the lowest mean loss is the cell's choice; then at that tail each LR scale in
+    and batch or schedule; seeds as the cell's), each tail of ``proxy_fractions``; the tail
+    with the lowest mean loss is the cell's choice; then at that tail each LR scale in
     PROXY_SCALES, chosen the same way. The held-out cell is not looked at."""
     seeds = TEXT_SEEDS if cell.data == "text" else SEEDS
     proxy = replace(cell, width=BASE)
@@ -475,7 +481,7 @@ def proxy_tail(store: Store, model: str, cell: Cell, report: dict, data_flags: s
         return name, make_spec("power", proxy, [cap], extra, seeds, fraction), cap
 
     losses, means = mean_losses({f: power(f, 1.0, f"{model}/proxy-tail/{key}/f{f:g}")
-                                 for f in PROXY_TAILS})  # fmt: skip
+                                 for f in proxy_fractions(tail)})  # fmt: skip
     fraction = float(min(means, key=means.get))
     specs = {scale: power(fraction, scale, f"{model}/proxy-scale/{key}/f{fraction:g}-x{scale:g}")
              for scale in PROXY_SCALES if scale != 1.0}  # fmt: skip
@@ -506,14 +512,15 @@ def proxy_tuned(store: Store, model: str, cell: Cell, report: dict, data_flags: 
             "mean": statistics.fmean(losses), "sd": statistics.stdev(losses)}  # fmt: skip
 
 
-def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, text_flags) -> dict:
+def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, tail: dict,
+                text_flags) -> dict:  # fmt: skip
     """proxy_tail for ``cells`` (all proxies first: they are cheap), then each cell's
     proxy_tuned run; kept beside the earlier cells' choices."""
     path = STORE / model / "proxy-tail.json"
     out = json.loads(path.read_text()) if path.is_file() else {}
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
-        out[cell.name] = proxy_tail(store, model, cell, report, data_flags)
+        out[cell.name] = proxy_tail(store, model, cell, report, tail, data_flags)
         atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
@@ -884,7 +891,7 @@ def report(models: list[str]) -> str:
                       for name, c in proxy_choice.items()
                       if "scale" in c and "probe" in by_cell.get(name, {})]  # fmt: skip
             if levels:
-                lines += ["", "LR level at width 32 and held out (the proxies' best scale / "
+                lines += ["", f"LR level at width {BASE} and held out (the proxies' best scale / "
                           "the held-out probe's best, seed 0, at the fitted tail): "
                           + ", ".join(levels) + ". Where they differ at one data set, budget "
                           "and batch, the level moved with the width (muP's transfer), not "
@@ -1168,11 +1175,11 @@ def main() -> None:
             if not {"cells", "proxy-tail"} & set(args.phases):
                 continue
             fitted = fit(store, model)
+            tail = fit_tail(store, model, fitted)
             if "proxy-tail" in args.phases:
-                proxy_tails(store, model, cells, fitted, text_flags)
+                proxy_tails(store, model, cells, fitted, tail, text_flags)
             if "cells" not in args.phases:
                 continue
-            tail = fit_tail(store, model, fitted)
             long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
             for cell in cells:
                 data_flags = text_flags() if cell.data == "text" else ""
