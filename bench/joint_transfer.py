@@ -302,12 +302,17 @@ def grow(store: Store, name: str, make, lrs: list[float], what: str) -> dict[flo
     return losses
 
 
+def cell_seeds(cell: Cell) -> list[int]:
+    """A cell's seeds: 0-5 on text (its larger seed spread), 0-2 otherwise."""
+    return TEXT_SEEDS if cell.data == "text" else SEEDS
+
+
 def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | None,
               data_flags: str, long_fit: dict | None = None) -> dict:  # fmt: skip
     """Phase 2 in one cell: cosine and WSD tuned, Power fitted and the paper's, 3 seeds (6 on
     text)."""
     cap, fitted, law = power_flags(report)
-    seeds = TEXT_SEEDS if cell.data == "text" else SEEDS
+    seeds = cell_seeds(cell)
     extra = f"{MODELS[model]} {MUP} {data_flags}"
     root = f"{model}/{cell.name}"
     mean_batch = cell.batch if cell.schedule is None else cell.batch / 2
@@ -446,6 +451,15 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
 PROXY_SCALES = [0.5, 1.0, 2.0]
 
 
+def scaled_power(model: str, cell: Cell, report: dict, data_flags: str, fraction: float,
+                 scale: float) -> tuple[SweepSpec, float]:  # fmt: skip
+    """Power with the fitted a, b, c, its whole LR x ``scale`` and a tail of ``fraction``
+    in ``cell`` with the cell's seeds; and its cap (the spec's one LR)."""
+    cap, flags, _ = power_flags(report, scale)
+    extra = f"{MODELS[model]} {MUP} {data_flags} {flags}"
+    return make_spec("power", cell, [cap], extra, cell_seeds(cell), fraction), cap
+
+
 def proxy_fractions(tail: dict) -> list[float]:
     """The tails a cell's width-32 proxies choose among: those with a Power row in every
     cell (the fit's 20%, the proxies' fitted tail, the long tail), so the choice costs no
@@ -460,7 +474,7 @@ def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
     and batch or schedule; seeds as the cell's), each tail of ``proxy_fractions``; the tail
     with the lowest mean loss is the cell's choice; then at that tail each LR scale in
     PROXY_SCALES, chosen the same way. The held-out cell is not looked at."""
-    seeds = TEXT_SEEDS if cell.data == "text" else SEEDS
+    seeds = cell_seeds(cell)
     proxy = replace(cell, width=BASE)
     # Named without the width: cells that differ only by width share their proxies.
     key = cell.name.removeprefix(f"w{cell.width}-")
@@ -476,9 +490,7 @@ def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
         return losses, {f: statistics.fmean(v) for f, v in losses.items()}
 
     def power(fraction: float, scale: float, name: str) -> tuple[str, SweepSpec, float]:
-        cap, flags, _ = power_flags(report, scale)
-        extra = f"{MODELS[model]} {MUP} {data_flags} {flags}"
-        return name, make_spec("power", proxy, [cap], extra, seeds, fraction), cap
+        return name, *scaled_power(model, proxy, report, data_flags, fraction, scale)
 
     losses, means = mean_losses({f: power(f, 1.0, f"{model}/proxy-tail/{key}/f{f:g}")
                                  for f in proxy_fractions(tail)})  # fmt: skip
@@ -499,15 +511,12 @@ def proxy_tuned(store: Store, model: str, cell: Cell, report: dict, data_flags: 
     scale, fraction = choice["scale"]["chosen"], choice["fraction"]
     if scale == 1.0:
         return None
-    seeds = TEXT_SEEDS if cell.data == "text" else SEEDS
-    cap, flags, _ = power_flags(report, scale)
-    extra = f"{MODELS[model]} {MUP} {data_flags} {flags}"
+    spec, cap = scaled_power(model, cell, report, data_flags, fraction, scale)
     name = f"{model}/{cell.name}/power-x{scale:g}-tail-{fraction:g}"
-    spec = make_spec("power", cell, [cap], extra, seeds, fraction)
     store.add(name, spec)
     store.run(f"{model}/{cell.name}: Power x{scale:g}, tail {fraction:g}")
     found = store.losses(name, spec)
-    losses = [found[cap, seed] for seed in seeds]
+    losses = [found[cap, seed] for seed in cell_seeds(cell)]
     return {"lr": cap, "fraction": fraction, "scale": scale, "losses": losses,
             "mean": statistics.fmean(losses), "sd": statistics.stdev(losses)}  # fmt: skip
 
@@ -517,7 +526,7 @@ def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, tail:
     """proxy_tail for ``cells`` (all proxies first: they are cheap), then each cell's
     proxy_tuned run; kept beside the earlier cells' choices."""
     path = STORE / model / "proxy-tail.json"
-    out = json.loads(path.read_text()) if path.is_file() else {}
+    out = proxy_choices(model)
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
         out[cell.name] = proxy_tail(store, model, cell, report, tail, data_flags)
@@ -776,15 +785,19 @@ def with_proxy_tail(result: dict, choice: dict | None) -> dict:
     return out
 
 
-def cell_result(model: str, cell: Cell) -> dict | None:
-    """The cell's stored result with its proxy-chosen rows (``with_proxy_tail``); None
-    before the cell has run."""
+def proxy_choices(model: str) -> dict:
+    """{cell name: what its width-32 proxies chose} (proxy_tails' file; empty before)."""
+    path = STORE / model / "proxy-tail.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def cell_result(model: str, cell: Cell, choices: dict) -> dict | None:
+    """The cell's stored result with the proxy-chosen rows that ``choices`` (the model's
+    ``proxy_choices``) give it; None before the cell has run."""
     file = STORE / model / cell.name / "cell.json"
     if not file.is_file():
         return None
-    choices = STORE / model / "proxy-tail.json"
-    choice = json.loads(choices.read_text()).get(cell.name) if choices.is_file() else None
-    return with_proxy_tail(json.loads(file.read_text()), choice)
+    return with_proxy_tail(json.loads(file.read_text()), choices.get(cell.name))
 
 
 def proxy_choice_text(name: str, choice: dict) -> str:
@@ -862,10 +875,9 @@ def report(models: list[str]) -> str:
         header += ["Power LR scale probe: best x (loss / x1)"]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found, by_cell = [], {}
-        choice_file = STORE / model / "proxy-tail.json"
-        proxy_choice = json.loads(choice_file.read_text()) if choice_file.is_file() else {}
+        proxy_choice = proxy_choices(model)
         for cell in CELLS:
-            result = cell_result(model, cell)
+            result = cell_result(model, cell, proxy_choice)
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
             start += f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
             if result is None:
@@ -1094,8 +1106,9 @@ def plot(models: list[str], data: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    choices = {m: proxy_choices(m) for m in models}
     results = {(m, c.name): r for m in models for c in CELLS
-               if c.data == data and (r := cell_result(m, c)) is not None}  # fmt: skip
+               if c.data == data and (r := cell_result(m, c, choices[m])) is not None}  # fmt: skip
     widths = {m: json.loads(f.read_text()) for m in models
               if (f := STORE / m / f"width-{data}.json").is_file()}  # fmt: skip
     if not results and not widths:
