@@ -11,7 +11,8 @@ only if they were right at the base. This searches them one at a time (coordinat
 base width, so the multipliers act as given), through the sweep runner: finished runs are
 reused, so an interrupted tune continues. Prints every candidate's best loss and LR and
 the flags to train with; writes ``<tune-dir>/tune.json``. A best value on the edge of its
-candidates, or a best LR on the edge of ``--lrs``, is said: widen that list.
+candidates (with its gain over the next value: a flat plateau is not worth widening), or a
+best LR on the edge of ``--lrs``, is said: widen that list.
 """
 
 from __future__ import annotations
@@ -195,12 +196,14 @@ def tune(args, tune_dir: Path, candidates: dict[str, list[float]]) -> int:
                 tried[label(candidate.values)] = candidate
             best = min(settings, key=lambda values: tried[label(values)].best_loss)
             current = best
-            if len(candidates[field]) > 1 and best[field] in (
-                candidates[field][0],
-                candidates[field][-1],
-            ):
+            values = candidates[field]
+            if len(values) > 1 and best[field] in (values[0], values[-1]):
+                # The gain over the inner neighbour tells a real edge from a flat plateau.
+                inner = values[1] if best[field] == values[0] else values[-2]
+                gain = tried[label({**best, field: inner})].best_loss - tried[label(best)].best_loss
                 notes.append(f"round {round_index + 1}: {flag} {best[field]:g} is on the edge "
-                             f"of {list_flag}; widen it")  # fmt: skip
+                             f"of {list_flag} ({gain:.2g} nats better than {inner:g}); "
+                             "widen it unless that gain is within your seed noise")  # fmt: skip
     chosen = tried[label(current)]
     if chosen.lr_on_edge:
         notes.append(f"the best LR {chosen.best_lr:g} is on the edge of --lrs; widen them")

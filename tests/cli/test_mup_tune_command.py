@@ -43,6 +43,11 @@ def test_tune_picks_the_multipliers_that_train_and_reuses_its_runs(tmp_path):
                   for f in (tune_dir / name / "results").glob("*.json")]  # fmt: skip
         assert len(losses) == 2 and best == min(losses)
     assert result["best_loss"] < min(b for v, b in tried.items() if dict(v) != result["chosen"])
+    # The readout's 1 is on the edge of its list: the note says by how much it beat 0.001,
+    # so that a user can tell a real edge from a flat plateau.
+    gain = tried[("init_std", 0.02), ("output_multiplier", 0.001)] - result["best_loss"]
+    assert (f"--mup-output-multiplier 1 is on the edge of --output-multipliers "
+            f"({gain:.2g} nats better than 0.001)") in first.stdout  # fmt: skip
 
     # The printed flags reach the model: config.json of a run with them holds the values.
     run_dir = tmp_path / "run"
