@@ -23,12 +23,17 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    a, b, c and the tails that have a row (20%, the fitted tail, 80%; 3 seeds, 6 on text);
    the tail it prefers picks that cell's reported row, then Power's LR x0.5 or x2 at that
    tail is tried the same way (``--phases proxy-tail``; no held-out run is looked at);
+   2c. the fix the width tables point to (muP's optimum moves in the step from the 32-wide
+   base): the fit, then each cell's tail choice, on 64-wide proxies (``--phases
+   wide-proxies``), then Power with that fit and tail in the held-out cells;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width (each candidate list grown while the
    tune's choice is on its edge), each LR-tuned at widths 32, 128, 256
    (grid grown until interior, best LR with seeds 0-2): tuned muP - tuned SP with its
    spread, and how far each optimum moves over 8x width;
+   3b. plain muP also at widths 64 and 512 on the Markov source (``--phases width-more``):
+   its move over 8x width from 64 beside that from 32, and between neighbouring widths;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
@@ -148,12 +153,12 @@ def template(style: str, cell: Cell | None) -> str:
 
 
 def make_spec(style, cell, lrs, extra, seeds=(0,), fraction=0.2, shape="exponential_e",
-              tokens=tuple(FIT_TOKENS)):  # fmt: skip
+              tokens=tuple(FIT_TOKENS), proxy_width=BASE):  # fmt: skip
     batch = cell.batch if cell is not None else None
     return SweepSpec(
         lrs=sorted(lrs), global_batch_sizes=[batch] if batch else FIT_BATCHES,
         train_tokens=[cell.tokens] if cell else list(tokens),
-        hidden_sizes=[cell.width if cell else BASE], seeds=list(seeds), seq_length=SEQ,
+        hidden_sizes=[cell.width if cell else proxy_width], seeds=list(seeds), seq_length=SEQ,
         decay_fraction=fraction, decay_shape=shape, template=template(style, cell),
         extra_args=" ".join(extra.split()),
     )  # fmt: skip
@@ -216,9 +221,11 @@ class Store:
 
 
 # ---------------------------------------------------------------------------- phases
-def fit(store: Store, model: str, name: str = "fit", tokens=tuple(FIT_TOKENS)) -> dict:
-    """Phase 1: the proxies' WSD sweep and ``megatron-power fit`` on it."""
-    spec = make_spec("wsd", None, FIT_LRS, f"{MODELS[model]} {MUP}", tokens=tokens)
+def fit(store: Store, model: str, name: str = "fit", tokens=tuple(FIT_TOKENS),
+        width: int = BASE) -> dict:  # fmt: skip
+    """Phase 1: the proxies' WSD sweep (``width`` wide) and ``megatron-power fit`` on it."""
+    spec = make_spec("wsd", None, FIT_LRS, f"{MODELS[model]} {MUP}", tokens=tokens,
+                     proxy_width=width)  # fmt: skip
     store.add(f"{model}/{name}", spec)
     store.run(f"{model}: {name} sweep")
     sweep = SweepDir(store.work / model / name)
@@ -468,21 +475,23 @@ def proxy_fractions(tail: dict) -> list[float]:
 
 
 def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
-               data_flags: str) -> dict:  # fmt: skip
+               data_flags: str, width: int = BASE, scales=PROXY_SCALES) -> dict:  # fmt: skip
     """Phase 2b, the fix the cells point to (a tail fitted per data set at the target
     budget): Power with the fitted a, b, c on a width-32 copy of the cell (its data, budget
     and batch or schedule; seeds as the cell's), each tail of ``proxy_fractions``; the tail
     with the lowest mean loss is the cell's choice; then at that tail each LR scale in
-    PROXY_SCALES, chosen the same way. The held-out cell is not looked at."""
+    ``scales``, chosen the same way. The held-out cell is not looked at. ``width``: the
+    copies' width (the fit's proxies')."""
     seeds = cell_seeds(cell)
-    proxy = replace(cell, width=BASE)
+    proxy = replace(cell, width=width)
     # Named without the width: cells that differ only by width share their proxies.
     key = cell.name.removeprefix(f"w{cell.width}-")
+    kept = "" if width == BASE else f"-w{width}"
 
     def mean_losses(specs: dict) -> tuple[dict, dict]:
         for name, spec, _ in specs.values():
             store.add(name, spec)
-        store.run(f"{model}/{cell.name}: width-{BASE} proxies")
+        store.run(f"{model}/{cell.name}: width-{width} proxies")
         losses = {}
         for value, (name, spec, cap) in specs.items():
             found = store.losses(name, spec)
@@ -492,11 +501,13 @@ def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
     def power(fraction: float, scale: float, name: str) -> tuple[str, SweepSpec, float]:
         return name, *scaled_power(model, proxy, report, data_flags, fraction, scale)
 
-    losses, means = mean_losses({f: power(f, 1.0, f"{model}/proxy-tail/{key}/f{f:g}")
+    losses, means = mean_losses({f: power(f, 1.0, f"{model}/proxy-tail{kept}/{key}/f{f:g}")
                                  for f in proxy_fractions(tail)})  # fmt: skip
     fraction = float(min(means, key=means.get))
+    if not scales:
+        return {"losses": losses, "means": means, "fraction": fraction}
     specs = {scale: power(fraction, scale, f"{model}/proxy-scale/{key}/f{fraction:g}-x{scale:g}")
-             for scale in PROXY_SCALES if scale != 1.0}  # fmt: skip
+             for scale in scales if scale != 1.0}  # fmt: skip
     scale_losses, scale_means = mean_losses(specs)
     scale_losses["1"], scale_means["1"] = losses[f"{fraction:g}"], means[f"{fraction:g}"]
     scale = float(min(scale_means, key=scale_means.get))
@@ -537,6 +548,51 @@ def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, tail:
                                                  out[cell.name])  # fmt: skip
         atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     return out
+
+
+#: The fix the width tables point to (muP's optimum moves in the step from the 32-wide base
+#: and little beyond): the fit and each cell's tail choice on proxies twice as wide.
+WIDE_PROXY = 2 * BASE
+
+
+def wide_proxies(store: Store, model: str, cells: list[Cell], tail: dict, text_flags) -> dict:
+    """Phase 2c: ``fit`` on WIDE_PROXY-wide proxies (the same grid), each cell's tail chosen
+    on WIDE_PROXY-wide copies of it (proxy_tail without the LR-scale step, which chose x1 in
+    all 12 cells at width 32), then Power with that fit and tail in the held-out cell."""
+    report = fit(store, model, f"fit-w{WIDE_PROXY}", width=WIDE_PROXY)
+    path = STORE / model / "wide-proxies.json"
+    out = wide_choices(model) or {"cells": {}}
+    out["flags"] = report["flags"]
+    for cell in cells:
+        data_flags = text_flags() if cell.data == "text" else ""
+        choice = proxy_tail(store, model, cell, report, tail, data_flags, WIDE_PROXY, ())
+        out["cells"].setdefault(cell.name, {})["choice"] = choice
+        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    specs = {}
+    for cell in cells:
+        fraction = out["cells"][cell.name]["choice"]["fraction"]
+        data_flags = text_flags() if cell.data == "text" else ""
+        spec, cap = scaled_power(model, cell, report, data_flags, fraction, 1.0)
+        name = f"{model}/{cell.name}/power-fit-w{WIDE_PROXY}-tail-{fraction:g}"
+        specs[cell.name] = (name, spec, cap, fraction)
+        store.add(name, spec)
+    store.run(f"{model}: held-out cells, fit on width-{WIDE_PROXY} proxies")
+    for cell in cells:
+        name, spec, cap, fraction = specs[cell.name]
+        found = store.losses(name, spec)
+        losses = [found[cap, seed] for seed in cell_seeds(cell)]
+        out["cells"][cell.name]["held_out"] = {
+            "lr": cap, "fraction": fraction, "losses": losses,
+            "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+        }  # fmt: skip
+    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def wide_choices(model: str) -> dict:
+    """wide_proxies' file (empty before it has run)."""
+    path = STORE / model / "wide-proxies.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 WIDTHS = [BASE, 4 * BASE, 8 * BASE]
@@ -634,12 +690,41 @@ def sweep_name(name: str, extra: str) -> str:
     return f"{name}-{hashlib.sha256(extra.encode()).hexdigest()[:8]}"
 
 
+def width_row(store: Store, model: str, data: str, param: str, extra: str, centre: float,
+              width: int) -> dict:  # fmt: skip
+    """One parameterisation LR-tuned at one width: the seed-0 grid (5 LRs around ``centre``,
+    grown until interior), its best LR and neighbours with seeds 0-2, the optimum from
+    their means."""
+    from megatron_power.sweep.fit import optimum
+
+    cell = Cell(f"w{width}", width, WIDTH_TOKENS, WIDTH_BATCH)
+    name = sweep_name(f"{model}/width-{data}/{param.replace(' ', '-')}/w{width}", extra)
+
+    def make(lrs, seeds=(0,)):
+        return make_spec("wsd", cell, lrs, extra, seeds)
+
+    what = f"{model} {data} {param} w{width}"
+    grid = grow(store, name, make, [centre * 2.0**k for k in range(-2, 3)], what)
+    means, sds = seed_means(store, name, make, grid, what)
+    best = min(means, key=means.get)
+    eta_opt, on_edge = optimum(list(means), list(means.values()))
+    finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
+    found = store.losses(name, make([best], SEEDS))
+    losses = [found[best, seed] for seed in SEEDS]
+    return {
+        "grid": {f"{lr:g}": v for lr, v in grid.items()}, "best_lr": best,
+        "seed_means": {f"{lr:g}": v for lr, v in means.items()},
+        "seed_sds": {f"{lr:g}": v for lr, v in sds.items()},
+        "eta_opt": eta_opt, "on_edge": on_edge,
+        "eta_opt_seed0": optimum(list(finite), list(finite.values()))[0],
+        "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+    }  # fmt: skip
+
+
 def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
     """Phase 3: SP, plain muP and muP with its base multipliers tuned, each LR-tuned at
     every width (seed-0 grid grown until interior; its best LR and neighbours with seeds
     0-2, the optimum from their means)."""
-    from megatron_power.sweep.fit import optimum
-
     tune = tuned_mup(store, model, data, data_flags)
     tuned_flags = tune["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
     # Where each grid starts (x2 steps; grown while the best is on an edge): muP's optimum
@@ -652,31 +737,7 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
     out = {"tune": tune, "widths": WIDTHS, "data": data, "params": {}}
     for param, (flags, centre) in params.items():
         extra = f"{MODELS[model]} {flags} {data_flags}"
-        rows = {}
-        for width in WIDTHS:
-            cell = Cell(f"w{width}", width, WIDTH_TOKENS, WIDTH_BATCH)
-            name = sweep_name(f"{model}/width-{data}/{param.replace(' ', '-')}/w{width}", extra)
-
-            def make(lrs, seeds=(0,), cell=cell, extra=extra):
-                return make_spec("wsd", cell, lrs, extra, seeds)
-
-            start = [centre(width) * 2.0**k for k in range(-2, 3)]
-            grid = grow(store, name, make, start, f"{model} {data} {param} w{width}")
-            means, sds = seed_means(store, name, make, grid, f"{model} {data} {param} w{width}")
-            best = min(means, key=means.get)
-            eta_opt, on_edge = optimum(list(means), list(means.values()))
-            finite = {lr: v for lr, v in grid.items() if math.isfinite(v)}
-            found = store.losses(name, make([best], SEEDS))
-            losses = [found[best, seed] for seed in SEEDS]
-            rows[width] = {
-                "grid": {f"{lr:g}": v for lr, v in grid.items()}, "best_lr": best,
-                "seed_means": {f"{lr:g}": v for lr, v in means.items()},
-                "seed_sds": {f"{lr:g}": v for lr, v in sds.items()},
-                "eta_opt": eta_opt, "on_edge": on_edge,
-                "eta_opt_seed0": optimum(list(finite), list(finite.values()))[0],
-                "losses": losses, "mean": statistics.fmean(losses),
-                "sd": statistics.stdev(losses),
-            }  # fmt: skip
+        rows = {w: width_row(store, model, data, param, extra, centre(w), w) for w in WIDTHS}
         optima = [rows[w]["eta_opt"] for w in WIDTHS]
         seed0 = [rows[w]["eta_opt_seed0"] for w in WIDTHS]
         out["params"][param] = {
@@ -686,6 +747,39 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
             "shift_x2_steps_seed0": math.log2(max(seed0) / min(seed0)),
         }
     atomic_write_text(STORE / model / f"width-{data}.json", json.dumps(out, indent=2) + "\n")
+    return out
+
+
+#: Phase 3b, where muP's drift sits: plain muP (the embedded multipliers) LR-tuned at two
+#: more widths, so that its move over 8x width is measured from 64 (64 -> 512) beside
+#: 32 -> 256. muP's rules are asymptotic; a 32-wide base (2 heads of 16) may be too narrow.
+MORE_WIDTHS = [2 * BASE, 16 * BASE]
+
+
+def more_widths(store: Store, model: str, data: str, data_flags: str) -> dict:
+    """Phase 3b: the width phase's plain-muP rows and MORE_WIDTHS' (same flags and grids);
+    the optimum's move over every 8x span of widths, and between neighbouring widths."""
+    earlier = STORE / model / f"width-{data}.json"
+    if not earlier.is_file():
+        raise SystemExit(f"--phases width-more: {earlier} is missing; run --phases width first")
+    rows = {int(w): r for w, r in json.loads(earlier.read_text())["params"]["muP"]["rows"].items()}
+    extra = f"{MODELS[model]} {MUP} {data_flags}"
+    for width in MORE_WIDTHS:
+        rows[width] = width_row(store, model, data, "muP", extra, 2.0**-6, width)
+    rows = dict(sorted(rows.items()))
+    spans = {}
+    for low in rows:
+        if 8 * low in rows:
+            span = {w: r for w, r in rows.items() if low <= w <= 8 * low}
+            optima = [r["eta_opt"] for r in span.values()]
+            spans[f"{low}-{8 * low}"] = {
+                "shift_x2_steps": math.log2(max(optima) / min(optima)),
+                "shift_x2_steps_interval": shift_interval(span),
+            }
+    out = {"param": "muP", "extra_args": " ".join(extra.split()), "data": data,
+           "widths": list(rows), "rows": {str(w): r for w, r in rows.items()},
+           "spans": spans}  # fmt: skip
+    atomic_write_text(STORE / model / f"width-{data}-more.json", json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -763,6 +857,7 @@ POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)")
                f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, {LONG_TAIL:.0%} tail)"),
               ("power-proxytail", f"Power (tail chosen on width-{BASE} proxies of the cell)"),
               ("power-proxytuned", f"Power (tail and LR scale chosen on width-{BASE} proxies)"),
+              ("power-wide", f"Power (fit and tail chosen on width-{WIDE_PROXY} proxies)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
@@ -791,13 +886,16 @@ def proxy_choices(model: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def cell_result(model: str, cell: Cell, choices: dict) -> dict | None:
+def cell_result(model: str, cell: Cell, choices: dict, wide: dict) -> dict | None:
     """The cell's stored result with the proxy-chosen rows that ``choices`` (the model's
-    ``proxy_choices``) give it; None before the cell has run."""
+    ``proxy_choices``) and ``wide`` (its ``wide_choices``) give it; None before the cell
+    has run."""
     file = STORE / model / cell.name / "cell.json"
     if not file.is_file():
         return None
-    return with_proxy_tail(json.loads(file.read_text()), choices.get(cell.name))
+    result = with_proxy_tail(json.loads(file.read_text()), choices.get(cell.name))
+    held_out = wide.get("cells", {}).get(cell.name, {}).get("held_out")
+    return {**result, "power-wide": held_out} if held_out else result
 
 
 def proxy_choice_text(name: str, choice: dict) -> str:
@@ -875,9 +973,9 @@ def report(models: list[str]) -> str:
         header += ["Power LR scale probe: best x (loss / x1)"]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found, by_cell = [], {}
-        proxy_choice = proxy_choices(model)
+        proxy_choice, wide = proxy_choices(model), wide_choices(model)
         for cell in CELLS:
-            result = cell_result(model, cell, proxy_choice)
+            result = cell_result(model, cell, proxy_choice, wide)
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
             start += f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
             if result is None:
@@ -908,6 +1006,12 @@ def report(models: list[str]) -> str:
                           + ", ".join(levels) + ". Where they differ at one data set, budget "
                           "and batch, the level moved with the width (muP's transfer), not "
                           "with the budget (the fit)."]  # fmt: skip
+        if wide:
+            lines += ["", f"Fit on width-{WIDE_PROXY} proxies (the same grid): "
+                      f"`{' '.join(wide['flags'])}`; the tail chosen on width-{WIDE_PROXY} "
+                      "copies of each cell: " + "; ".join(
+                          proxy_choice_text(name, entry["choice"])
+                          for name, entry in wide["cells"].items()) + "."]  # fmt: skip
         target = 1.005 if model == "dense" else 1.01
         overall[model] = {"cells": len(found), "of": len(CELLS)}
         for key, label in POWER_ROWS:
@@ -1106,9 +1210,9 @@ def plot(models: list[str], data: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    choices = {m: proxy_choices(m) for m in models}
+    choices = {m: (proxy_choices(m), wide_choices(m)) for m in models}
     results = {(m, c.name): r for m in models for c in CELLS
-               if c.data == data and (r := cell_result(m, c, choices[m])) is not None}  # fmt: skip
+               if c.data == data and (r := cell_result(m, c, *choices[m])) is not None}  # fmt: skip
     widths = {m: json.loads(f.read_text()) for m in models
               if (f := STORE / m / f"width-{data}.json").is_file()}  # fmt: skip
     if not results and not widths:
@@ -1165,8 +1269,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
-    parser.add_argument("--phases", nargs="+", choices=["cells", "proxy-tail", "width"],
-                        default=["cells", "proxy-tail", "width"])  # fmt: skip
+    phases = ["cells", "proxy-tail", "wide-proxies", "width", "width-more"]
+    parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--report-only", action="store_true", help="run nothing")
     args = parser.parse_args()
     work = Path(args.work_dir)
@@ -1185,12 +1289,16 @@ def main() -> None:
         for model in args.models:
             for data in WIDTH_DATA if "width" in args.phases else []:
                 width_phase(store, model, data, text_flags() if data == "text" else "")
-            if not {"cells", "proxy-tail"} & set(args.phases):
+            if "width-more" in args.phases:
+                more_widths(store, model, "markov", "")
+            if not {"cells", "proxy-tail", "wide-proxies"} & set(args.phases):
                 continue
             fitted = fit(store, model)
             tail = fit_tail(store, model, fitted)
             if "proxy-tail" in args.phases:
                 proxy_tails(store, model, cells, fitted, tail, text_flags)
+            if "wide-proxies" in args.phases:
+                wide_proxies(store, model, cells, tail, text_flags)
             if "cells" not in args.phases:
                 continue
             long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
