@@ -50,6 +50,7 @@ and names what has not.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -1141,8 +1142,43 @@ def fmt(entry: dict) -> str:
 
 
 def width_report(model: str, overall: dict) -> list[str]:
-    """Phase 3's tables, one per data set."""
-    return [line for data in WIDTH_DATA for line in width_table(model, data, overall)]
+    """Phase 3's tables, one per data set, and phase 3b's."""
+    lines = [line for data in WIDTH_DATA for line in width_table(model, data, overall)]
+    return lines + more_widths_table(model, "markov", overall)
+
+
+def more_widths_table(model: str, data: str, overall: dict) -> list[str]:
+    """Phase 3b: plain muP's optimum at every width, its move over each 8x span and
+    between neighbouring widths (nothing before it has run)."""
+    file = STORE / model / f"width-{data}-more.json"
+    if not file.is_file():
+        return []
+    result = json.loads(file.read_text())
+    rows = {int(w): r for w, r in result["rows"].items()}
+    lines = ["", f"### Where muP's drift sits ({model}, {data}; plain muP, the width phase's "
+             f"grids at {len(rows)} widths: `{result['extra_args']}`)", "",
+             "| width | optimum LR | best grid LR | loss at it |",
+             "| ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for width, row in rows.items():
+        edge = "*" if row["on_edge"] else ""
+        lines.append(f"| {width} | {row['eta_opt']:.4g}{edge} | {row['best_lr']:.4g} | "
+                     f"{fmt(row)} |")  # fmt: skip
+    widths = list(rows)
+    steps = {f"{a}->{b}": math.log2(rows[b]["eta_opt"] / rows[a]["eta_opt"])
+             for a, b in itertools.pairwise(widths)}  # fmt: skip
+    spans = result["spans"]
+    overall.setdefault(model, {})[f"width-{data}-more"] = {
+        "optimum": {str(w): r["eta_opt"] for w, r in rows.items()},
+        "span_shift_x2_steps": {k: v["shift_x2_steps"] for k, v in spans.items()},
+        "step_x2_steps": steps,
+    }
+    lines += ["", "Optimum LR's move over 8x width (x2 steps; target <= 0.5; [16-84% range]): "
+              + ", ".join(f"{k.replace('-', ' -> ')}: {v['shift_x2_steps']:.2f} "
+                          f"[{v['shift_x2_steps_interval'][0]:.2f}, "
+                          f"{v['shift_x2_steps_interval'][1]:.2f}]" for k, v in spans.items())
+              + ". Between neighbouring widths (signed, + = the optimum rises): "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in steps.items()) + "."]  # fmt: skip
+    return lines
 
 
 def width_table(model: str, data: str, overall: dict) -> list[str]:
