@@ -24,8 +24,9 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    the tail it prefers picks that cell's reported row, then Power's LR x0.5 or x2 at that
    tail is tried the same way (``--phases proxy-tail``; no held-out run is looked at);
    2c. the fix the width tables point to (muP's optimum moves in the step from the 32-wide
-   base): the fit, then each cell's tail choice, on 64-wide proxies (``--phases
-   wide-proxies``), then Power with that fit and tail in the held-out cells;
+   base): the fit, then each cell's tail and LR scale choice (as in 2b), on 64-wide
+   proxies (``--phases wide-proxies``), then Power with that fit, tail and scale in the
+   held-out cells;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width (each candidate list grown while the
@@ -507,7 +508,8 @@ def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
     fraction = float(min(means, key=means.get))
     if not scales:
         return {"losses": losses, "means": means, "fraction": fraction}
-    specs = {scale: power(fraction, scale, f"{model}/proxy-scale/{key}/f{fraction:g}-x{scale:g}")
+    specs = {scale: power(fraction, scale,
+                          f"{model}/proxy-scale{kept}/{key}/f{fraction:g}-x{scale:g}")
              for scale in scales if scale != 1.0}  # fmt: skip
     scale_losses, scale_means = mean_losses(specs)
     scale_losses["1"], scale_means["1"] = losses[f"{fraction:g}"], means[f"{fraction:g}"]
@@ -557,33 +559,35 @@ WIDE_PROXY = 2 * BASE
 
 
 def wide_proxies(store: Store, model: str, cells: list[Cell], tail: dict, text_flags) -> dict:
-    """Phase 2c: ``fit`` on WIDE_PROXY-wide proxies (the same grid), each cell's tail chosen
-    on WIDE_PROXY-wide copies of it (proxy_tail without the LR-scale step, which chose x1 in
-    all 12 cells at width 32), then Power with that fit and tail in the held-out cell."""
+    """Phase 2c: ``fit`` on WIDE_PROXY-wide proxies (the same grid), each cell's tail and
+    then LR scale chosen on WIDE_PROXY-wide copies of it (proxy_tail), then Power with that
+    fit, tail and scale in the held-out cell."""
     report = fit(store, model, f"fit-w{WIDE_PROXY}", width=WIDE_PROXY)
     path = STORE / model / "wide-proxies.json"
     out = wide_choices(model) or {"cells": {}}
     out["flags"] = report["flags"]
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
-        choice = proxy_tail(store, model, cell, report, tail, data_flags, WIDE_PROXY, ())
+        choice = proxy_tail(store, model, cell, report, tail, data_flags, WIDE_PROXY)
         out["cells"].setdefault(cell.name, {})["choice"] = choice
         atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     specs = {}
     for cell in cells:
-        fraction = out["cells"][cell.name]["choice"]["fraction"]
+        choice = out["cells"][cell.name]["choice"]
+        fraction, scale = choice["fraction"], choice["scale"]["chosen"]
         data_flags = text_flags() if cell.data == "text" else ""
-        spec, cap = scaled_power(model, cell, report, data_flags, fraction, 1.0)
-        name = f"{model}/{cell.name}/power-fit-w{WIDE_PROXY}-tail-{fraction:g}"
-        specs[cell.name] = (name, spec, cap, fraction)
+        spec, cap = scaled_power(model, cell, report, data_flags, fraction, scale)
+        scaled = "" if scale == 1.0 else f"-x{scale:g}"
+        name = f"{model}/{cell.name}/power-fit-w{WIDE_PROXY}{scaled}-tail-{fraction:g}"
+        specs[cell.name] = (name, spec, cap, fraction, scale)
         store.add(name, spec)
     store.run(f"{model}: held-out cells, fit on width-{WIDE_PROXY} proxies")
     for cell in cells:
-        name, spec, cap, fraction = specs[cell.name]
+        name, spec, cap, fraction, scale = specs[cell.name]
         found = store.losses(name, spec)
         losses = [found[cap, seed] for seed in cell_seeds(cell)]
         out["cells"][cell.name]["held_out"] = {
-            "lr": cap, "fraction": fraction, "losses": losses,
+            "lr": cap, "fraction": fraction, "scale": scale, "losses": losses,
             "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
         }  # fmt: skip
     atomic_write_text(path, json.dumps(out, indent=2) + "\n")
@@ -858,7 +862,7 @@ POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)")
                f"Power (fit to {LONG_FIT_TOKENS[-1]:,} tokens, {LONG_TAIL:.0%} tail)"),
               ("power-proxytail", f"Power (tail chosen on width-{BASE} proxies of the cell)"),
               ("power-proxytuned", f"Power (tail and LR scale chosen on width-{BASE} proxies)"),
-              ("power-wide", f"Power (fit and tail chosen on width-{WIDE_PROXY} proxies)"),
+              ("power-wide", f"Power (fit, tail and LR scale on width-{WIDE_PROXY} proxies)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
@@ -1009,8 +1013,8 @@ def report(models: list[str]) -> str:
                           "with the budget (the fit)."]  # fmt: skip
         if wide:
             lines += ["", f"Fit on width-{WIDE_PROXY} proxies (the same grid): "
-                      f"`{' '.join(wide['flags'])}`; the tail chosen on width-{WIDE_PROXY} "
-                      "copies of each cell: " + "; ".join(
+                      f"`{' '.join(wide['flags'])}`; the tail, then Power's LR scale at it, "
+                      f"chosen on width-{WIDE_PROXY} copies of each cell: " + "; ".join(
                           proxy_choice_text(name, entry["choice"])
                           for name, entry in wide["cells"].items()) + "."]  # fmt: skip
         target = 1.005 if model == "dense" else 1.01
