@@ -33,7 +33,7 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    tune's choice is on its edge), each LR-tuned at widths 32, 128, 256
    (grid grown until interior, best LR with seeds 0-2): tuned muP - tuned SP with its
    spread, and how far each optimum moves over 8x width;
-   3b. plain muP also at widths 64 and 512 on the Markov source (``--phases width-more``):
+   3b. plain muP also at widths 64 and 512 (``--phases width-more``):
    its move over 8x width from 64 beside that from 32, and between neighbouring widths;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
@@ -1024,14 +1024,19 @@ def report(models: list[str]) -> str:
             if not values:
                 continue
             excess = [r[f"{key} excess"] for r in found if f"{key} excess" in r]
+            markov = [r[key] for r in found if f"{key} excess" in r]  # entropy known
             summary = {"mean": statistics.fmean(values), "worst": max(values),
+                       "markov_mean": statistics.fmean(markov) if markov else None,
+                       "markov_worst": max(markov) if markov else None,
                        "excess_mean": statistics.fmean(excess) if excess else None,
                        "excess_worst": max(excess) if excess else None}  # fmt: skip
             overall[model][key] = summary
             lines += ["", f"{label} / best tuned over {len(values)} of {len(CELLS)} cells: "
                       f"mean {summary['mean']:.4f}, worst {summary['worst']:.4f} (targets: "
                       f"mean <= 1.000, worst <= {target})"
-                      + (f"; excess ratio mean {summary['excess_mean']:.3f}, worst "
+                      + (f"; the {len(markov)} Markov cells alone: mean "
+                         f"{summary['markov_mean']:.4f}, worst {summary['markov_worst']:.4f}, "
+                         f"excess ratio mean {summary['excess_mean']:.3f}, worst "
                          f"{summary['excess_worst']:.3f} (target <= 1.00)" if excess else "")
                       + "."]  # fmt: skip
         lines += diagnosis(by_cell, overall[model])
@@ -1116,6 +1121,18 @@ def diagnosis(cells: dict[str, dict], summary: dict) -> list[str]:
                           for name, (best, gain) in gains.items()) + "."]  # fmt: skip
     probes = {name: {"scale": best, "gain": gain} for name, (best, gain) in gains.items()}
     summary["diagnosis"] = {"causes_points": causes, "probe": probes}
+    wide = {name: [ratio[name]["power-wide"] - ratio[name]["power-proxytuned"],
+                   math.hypot(ratio_noise(cells[name], "power-wide"),
+                              ratio_noise(cells[name], "power-proxytuned"))]
+            for name in cells
+            if {"power-wide", "power-proxytuned"} <= set(ratio[name])}  # fmt: skip
+    if wide:
+        summary["diagnosis"]["wide_proxies_points"] = wide
+        lines += ["", f"Proxies {WIDE_PROXY} wide instead of {BASE} (the fit, tail and LR "
+                  "scale all chosen at that width; change of the ratio in percentage points "
+                  "± seed sd, - = the wider proxies helped): "
+                  + ", ".join(f"{name} {100 * change:+.2f} ± {100 * sd:.2f}"
+                              for name, (change, sd) in wide.items()) + "."]  # fmt: skip
     return lines
 
 
@@ -1147,8 +1164,10 @@ def fmt(entry: dict) -> str:
 
 def width_report(model: str, overall: dict) -> list[str]:
     """Phase 3's tables, one per data set, and phase 3b's."""
-    lines = [line for data in WIDTH_DATA for line in width_table(model, data, overall)]
-    return lines + more_widths_table(model, "markov", overall)
+    lines = []
+    for data in WIDTH_DATA:
+        lines += width_table(model, data, overall) + more_widths_table(model, data, overall)
+    return lines
 
 
 def more_widths_table(model: str, data: str, overall: dict) -> list[str]:
@@ -1329,8 +1348,8 @@ def main() -> None:
         for model in args.models:
             for data in WIDTH_DATA if "width" in args.phases else []:
                 width_phase(store, model, data, text_flags() if data == "text" else "")
-            if "width-more" in args.phases:
-                more_widths(store, model, "markov", "")
+            for data in WIDTH_DATA if "width-more" in args.phases else []:
+                more_widths(store, model, data, text_flags() if data == "text" else "")
             if not {"cells", "proxy-tail", "wide-proxies"} & set(args.phases):
                 continue
             fitted = fit(store, model)
