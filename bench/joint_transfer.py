@@ -589,6 +589,7 @@ def wide_proxies(store: Store, model: str, cells: list[Cell], tail: dict, text_f
         out["cells"][cell.name]["held_out"] = {
             "lr": cap, "fraction": fraction, "scale": scale, "losses": losses,
             "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+            "lr_curve": lr_curve(store.work / name / "runs", cap),
         }  # fmt: skip
     atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     return out
@@ -1314,6 +1315,11 @@ def plot(models: list[str], data: str, png: Path) -> None:
             rows = entry["rows"]
             axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
                       marker="o", label=param)  # fmt: skip
+        more = STORE / model / f"width-{data}-more.json"
+        if more.is_file():  # phase 3b: plain muP at every width
+            rows = json.loads(more.read_text())["rows"]
+            axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
+                      linestyle="--", marker="x", label="muP, widths 32-512")  # fmt: skip
         axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
                  title=f"{model}: optimal LR vs width")  # fmt: skip
         axis.legend(fontsize=7)
