@@ -1336,6 +1336,8 @@ def main() -> None:
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "proxy-tail", "wide-proxies", "width", "width-more"]
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
+    parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
+                        help="the data sets of the width phases")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="run nothing")
     args = parser.parse_args()
     work = Path(args.work_dir)
@@ -1352,9 +1354,9 @@ def main() -> None:
 
         cells = [c for c in CELLS if c.name in args.cells]
         for model in args.models:
-            for data in WIDTH_DATA if "width" in args.phases else []:
+            for data in args.width_data if "width" in args.phases else []:
                 width_phase(store, model, data, text_flags() if data == "text" else "")
-            for data in WIDTH_DATA if "width-more" in args.phases else []:
+            for data in args.width_data if "width-more" in args.phases else []:
                 more_widths(store, model, data, text_flags() if data == "text" else "")
             if not {"cells", "proxy-tail", "wide-proxies"} & set(args.phases):
                 continue
