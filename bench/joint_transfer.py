@@ -1196,7 +1196,8 @@ def more_widths_table(model: str, data: str, overall: dict) -> list[str]:
         "span_shift_x2_steps": {k: v["shift_x2_steps"] for k, v in spans.items()},
         "step_x2_steps": steps,
     }
-    lines += ["", "Optimum LR's move over 8x width (x2 steps; target <= 0.5; [16-84% range]): "
+    lines += ["", "Optimum LR's move over 8x width (x2 steps, over every width measured in "
+              "the span; target <= 0.5; [16-84% range]): "
               + ", ".join(f"{k.replace('-', ' -> ')}: {v['shift_x2_steps']:.2f} "
                           f"[{v['shift_x2_steps_interval'][0]:.2f}, "
                           f"{v['shift_x2_steps_interval'][1]:.2f}]" for k, v in spans.items())
