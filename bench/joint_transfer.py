@@ -41,8 +41,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
 
 Every run's record is kept in bench/results/joint_transfer/runs/ (committed), so the
 benchmark resumes across sessions and machines; the run directories live in --work-dir.
-``--models`` and ``--cells`` choose what to run now; the report covers what has finished
-and names what has not.
+``--models``, ``--cells``, ``--phases`` and ``--width-data`` choose what to run now; the
+report covers what has finished and names what has not.
 
     python bench/joint_transfer.py                         # everything (hours on 2 cores)
     python bench/joint_transfer.py --models dense --cells w128-b8   # one cell
