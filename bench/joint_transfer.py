@@ -477,12 +477,12 @@ def proxy_fractions(tail: dict) -> list[float]:
 
 
 def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
-               data_flags: str, width: int = BASE, scales=PROXY_SCALES) -> dict:  # fmt: skip
+               data_flags: str, width: int = BASE) -> dict:  # fmt: skip
     """Phase 2b, the fix the cells point to (a tail fitted per data set at the target
     budget): Power with the fitted a, b, c on a width-32 copy of the cell (its data, budget
     and batch or schedule; seeds as the cell's), each tail of ``proxy_fractions``; the tail
     with the lowest mean loss is the cell's choice; then at that tail each LR scale in
-    ``scales``, chosen the same way. The held-out cell is not looked at. ``width``: the
+    PROXY_SCALES, chosen the same way. The held-out cell is not looked at. ``width``: the
     copies' width (the fit's proxies')."""
     seeds = cell_seeds(cell)
     proxy = replace(cell, width=width)
@@ -506,11 +506,9 @@ def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
     losses, means = mean_losses({f: power(f, 1.0, f"{model}/proxy-tail{kept}/{key}/f{f:g}")
                                  for f in proxy_fractions(tail)})  # fmt: skip
     fraction = float(min(means, key=means.get))
-    if not scales:
-        return {"losses": losses, "means": means, "fraction": fraction}
     specs = {scale: power(fraction, scale,
                           f"{model}/proxy-scale{kept}/{key}/f{fraction:g}-x{scale:g}")
-             for scale in scales if scale != 1.0}  # fmt: skip
+             for scale in PROXY_SCALES if scale != 1.0}  # fmt: skip
     scale_losses, scale_means = mean_losses(specs)
     scale_losses["1"], scale_means["1"] = losses[f"{fraction:g}"], means[f"{fraction:g}"]
     scale = float(min(scale_means, key=scale_means.get))
@@ -554,7 +552,7 @@ def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, tail:
 
 
 #: The fix the width tables point to (muP's optimum moves in the step from the 32-wide base
-#: and little beyond): the fit and each cell's tail choice on proxies twice as wide.
+#: and little beyond): the fit and each cell's tail and LR scale on proxies twice as wide.
 WIDE_PROXY = 2 * BASE
 
 
@@ -950,7 +948,9 @@ def report(models: list[str]) -> str:
         "tuned - H)) unless the cell says text (Shakespeare, 512-piece BPE). The LR scale "
         "probe (a diagnosis, seed 0): the fitted-tail Power with its whole LR (a and the cap) "
         "x0.25, x0.5, x2; a best scale other than 1 puts the gap on the LR level that the fit "
-        "and muP's transfer gave the cell, x1 on the schedule's shape.",
+        "and muP's transfer gave the cell, x1 on the schedule's shape. The width-64 row: the "
+        f"fit, the tail and the LR scale all chosen on {WIDE_PROXY}-wide proxies instead "
+        "(`--phases wide-proxies`).",
         "",
     ]  # fmt: skip
     overall = {}
