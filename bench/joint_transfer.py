@@ -758,18 +758,23 @@ def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
 #: more widths, so that its move over 8x width is measured from 64 (64 -> 512) beside
 #: 32 -> 256. muP's rules are asymptotic; a 32-wide base (2 heads of 16) may be too narrow.
 MORE_WIDTHS = [2 * BASE, 16 * BASE]
+#: The parameterisations phase 3b widens, and the file of each (beside width-<data>.json).
+MORE_PARAMS = {"muP": "more", "muP tuned": "more-tuned"}
 
 
-def more_widths(store: Store, model: str, data: str, data_flags: str) -> dict:
-    """Phase 3b: the width phase's plain-muP rows and MORE_WIDTHS' (same flags and grids);
-    the optimum's move over every 8x span of widths, and between neighbouring widths."""
+def more_widths(store: Store, model: str, data: str, data_flags: str, param: str) -> dict:
+    """Phase 3b: the width phase's rows of ``param`` and MORE_WIDTHS' (same flags and
+    grids); the optimum's move over every 8x span of widths, and between neighbours."""
     earlier = STORE / model / f"width-{data}.json"
     if not earlier.is_file():
         raise SystemExit(f"--phases width-more: {earlier} is missing; run --phases width first")
-    rows = {int(w): r for w, r in json.loads(earlier.read_text())["params"]["muP"]["rows"].items()}
-    extra = f"{MODELS[model]} {MUP} {data_flags}"
+    phase = json.loads(earlier.read_text())
+    rows = {int(w): r for w, r in phase["params"][param]["rows"].items()}
+    tuned = phase["tune"]["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
+    flags = MUP if param == "muP" else f"{MUP} {tuned}"  # as width_phase gave them
+    extra = f"{MODELS[model]} {flags} {data_flags}"
     for width in MORE_WIDTHS:
-        rows[width] = width_row(store, model, data, "muP", extra, 2.0**-6, width)
+        rows[width] = width_row(store, model, data, param, extra, 2.0**-6, width)
     rows = dict(sorted(rows.items()))
     spans = {}
     for low in rows:
@@ -780,10 +785,11 @@ def more_widths(store: Store, model: str, data: str, data_flags: str) -> dict:
                 "shift_x2_steps": math.log2(max(optima) / min(optima)),
                 "shift_x2_steps_interval": shift_interval(span),
             }
-    out = {"param": "muP", "extra_args": " ".join(extra.split()), "data": data,
+    out = {"param": param, "extra_args": " ".join(extra.split()), "data": data,
            "widths": list(rows), "rows": {str(w): r for w, r in rows.items()},
            "spans": spans}  # fmt: skip
-    atomic_write_text(STORE / model / f"width-{data}-more.json", json.dumps(out, indent=2) + "\n")
+    file = STORE / model / f"width-{data}-{MORE_PARAMS[param]}.json"
+    atomic_write_text(file, json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -1167,19 +1173,22 @@ def width_report(model: str, overall: dict) -> list[str]:
     """Phase 3's tables, one per data set, and phase 3b's."""
     lines = []
     for data in WIDTH_DATA:
-        lines += width_table(model, data, overall) + more_widths_table(model, data, overall)
+        lines += width_table(model, data, overall)
+        for param in MORE_PARAMS:
+            lines += more_widths_table(model, data, param, overall)
     return lines
 
 
-def more_widths_table(model: str, data: str, overall: dict) -> list[str]:
-    """Phase 3b: plain muP's optimum at every width, its move over each 8x span and
+def more_widths_table(model: str, data: str, param: str, overall: dict) -> list[str]:
+    """Phase 3b: ``param``'s optimum at every width, its move over each 8x span and
     between neighbouring widths (nothing before it has run)."""
-    file = STORE / model / f"width-{data}-more.json"
+    file = STORE / model / f"width-{data}-{MORE_PARAMS[param]}.json"
     if not file.is_file():
         return []
     result = json.loads(file.read_text())
     rows = {int(w): r for w, r in result["rows"].items()}
-    lines = ["", f"### Where muP's drift sits ({model}, {data}; plain muP, the width phase's "
+    name = "plain muP" if param == "muP" else "muP with mup-tune's multipliers"
+    lines = ["", f"### Where muP's drift sits ({model}, {data}; {name}, the width phase's "
              f"grids at {len(rows)} widths: `{result['extra_args']}`)", "",
              "| width | optimum LR | best grid LR | loss at it |",
              "| ---: | ---: | ---: | ---: |"]  # fmt: skip
@@ -1191,7 +1200,7 @@ def more_widths_table(model: str, data: str, overall: dict) -> list[str]:
     steps = {f"{a}->{b}": math.log2(rows[b]["eta_opt"] / rows[a]["eta_opt"])
              for a, b in itertools.pairwise(widths)}  # fmt: skip
     spans = result["spans"]
-    overall.setdefault(model, {})[f"width-{data}-more"] = {
+    overall.setdefault(model, {})[f"width-{data}-{MORE_PARAMS[param]}"] = {
         "optimum": {str(w): r["eta_opt"] for w, r in rows.items()},
         "span_shift_x2_steps": {k: v["shift_x2_steps"] for k, v in spans.items()},
         "step_x2_steps": steps,
@@ -1316,11 +1325,12 @@ def plot(models: list[str], data: str, png: Path) -> None:
             rows = entry["rows"]
             axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
                       marker="o", label=param)  # fmt: skip
-        more = STORE / model / f"width-{data}-more.json"
-        if more.is_file():  # phase 3b: plain muP at every width
-            rows = json.loads(more.read_text())["rows"]
-            axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
-                      linestyle="--", marker="x", label="muP, widths 32-512")  # fmt: skip
+        for param, suffix in MORE_PARAMS.items():  # phase 3b: every width
+            more = STORE / model / f"width-{data}-{suffix}.json"
+            if more.is_file():
+                rows = json.loads(more.read_text())["rows"]
+                axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
+                          linestyle="--", marker="x", label=f"{param}, widths 32-512")  # fmt: skip
         axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
                  title=f"{model}: optimal LR vs width")  # fmt: skip
         axis.legend(fontsize=7)
@@ -1358,7 +1368,8 @@ def main() -> None:
             for data in args.width_data if "width" in args.phases else []:
                 width_phase(store, model, data, text_flags() if data == "text" else "")
             for data in args.width_data if "width-more" in args.phases else []:
-                more_widths(store, model, data, text_flags() if data == "text" else "")
+                for param in MORE_PARAMS:
+                    more_widths(store, model, data, text_flags() if data == "text" else "", param)
             if not {"cells", "proxy-tail", "wide-proxies"} & set(args.phases):
                 continue
             fitted = fit(store, model)
