@@ -725,21 +725,23 @@ def width_row(store: Store, model: str, data: str, param: str, extra: str, centr
     }  # fmt: skip
 
 
+def param_flags(tune: dict) -> dict[str, str]:
+    """The width phases' parameterisations and their flags; ``tune``: mup-tune's result."""
+    tuned = tune["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
+    return {"SP": "--no-mup", "muP": MUP, "muP tuned": f"{MUP} {tuned}"}
+
+
 def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:
     """Phase 3: SP, plain muP and muP with its base multipliers tuned, each LR-tuned at
     every width (seed-0 grid grown until interior; its best LR and neighbours with seeds
     0-2, the optimum from their means)."""
     tune = tuned_mup(store, model, data, data_flags)
-    tuned_flags = tune["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
     # Where each grid starts (x2 steps; grown while the best is on an edge): muP's optimum
     # should stay put, SP's falls about as 1/width (Adam).
-    params = {
-        "SP": ("--no-mup", lambda width: 2.0**-6 * BASE / width),
-        "muP": (MUP, lambda width: 2.0**-6),  # the embedded multipliers
-        "muP tuned": (f"{MUP} {tuned_flags}", lambda width: 2.0**-6),
-    }
+    centres = {"SP": lambda width: 2.0**-6 * BASE / width}
     out = {"tune": tune, "widths": WIDTHS, "data": data, "params": {}}
-    for param, (flags, centre) in params.items():
+    for param, flags in param_flags(tune).items():
+        centre = centres.get(param, lambda width: 2.0**-6)
         extra = f"{MODELS[model]} {flags} {data_flags}"
         rows = {w: width_row(store, model, data, param, extra, centre(w), w) for w in WIDTHS}
         optima = [rows[w]["eta_opt"] for w in WIDTHS]
@@ -770,9 +772,7 @@ def more_widths(store: Store, model: str, data: str, data_flags: str, param: str
         raise SystemExit(f"--phases width-more: {earlier} is missing; run --phases width first")
     phase = json.loads(earlier.read_text())
     rows = {int(w): r for w, r in phase["params"][param]["rows"].items()}
-    tuned = phase["tune"]["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
-    flags = MUP if param == "muP" else f"{MUP} {tuned}"  # as width_phase gave them
-    extra = f"{MODELS[model]} {flags} {data_flags}"
+    extra = f"{MODELS[model]} {param_flags(phase['tune'])[param]} {data_flags}"
     for width in MORE_WIDTHS:
         rows[width] = width_row(store, model, data, param, extra, 2.0**-6, width)
     rows = dict(sorted(rows.items()))
