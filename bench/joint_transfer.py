@@ -14,10 +14,10 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    reruns with seeds 1 and 2.
    Power takes the fitted flags as they are (with the fit's 20% tail, the proxies'
    fitted tail and an 80% tail), and a second fit on longer proxies (51,200-204,800
-   tokens) with the fitted tail and with the 80% tail; the paper's a=4, b=-0.51, cap
-   0.02 is a reported row; all with seeds 0-2 (0-5 on text, whose seed spread is
-   larger). A probe scales the fitted-tail Power's whole LR (x0.25, x0.5, x2, seed 0),
-   to tell a wrong LR level from a wrong shape;
+   tokens) with the fitted tail and with the 80% tail (``--phases long-fit``); the
+   paper's a=4, b=-0.51, cap 0.02 is a reported row; all with seeds 0-2 (0-5 on text,
+   whose seed spread is larger). A probe scales the fitted-tail Power's whole LR (x0.25,
+   x0.5, x2, seed 0), to tell a wrong LR level from a wrong shape;
    2b. the fix the cells point to, a tail fitted per data set at the target budget: each
    cell's width-32 copy (its data, budget, batch or schedule) runs Power with the fitted
    a, b, c and the tails that have a row (20%, the fitted tail, 80%; 3 seeds, 6 on text);
@@ -42,7 +42,9 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
 Every run's record is kept in bench/results/joint_transfer/runs/ (committed), so the
 benchmark resumes across sessions and machines; the run directories live in --work-dir.
 ``--models``, ``--cells``, ``--phases`` and ``--width-data`` choose what to run now; the
-report covers what has finished and names what has not.
+report covers what has finished and names what has not. JOINT_TRANSFER_SCALE=gpu runs the
+same protocol 8x wider (bench/joint_transfer_gpu.sh), with its own store under
+bench/results/gpu/.
 
     python bench/joint_transfer.py                         # everything (hours on 2 cores)
     python bench/joint_transfer.py --models dense --cells w128-b8   # one cell
@@ -54,6 +56,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -67,13 +70,21 @@ from megatron_power.files import atomic_write_text
 from megatron_power.schedules.power import PowerLaw
 from megatron_power.sweep.runner import PRETRAIN_TEMPLATE, SweepDir, SweepSpec, run_id
 
-RESULTS = Path(__file__).parent / "results"
+#: The protocol's size, from the environment variable JOINT_TRANSFER_SCALE: "cpu" (proxies
+#: 32 wide, cells 128 and 256; hours on 2 CPU cores) or "gpu" (the same protocol 8x wider:
+#: proxies 256 wide, cells 1024 and 2048; bench/joint_transfer_gpu.sh), each with its own
+#: store and report. The base width is the only thing that changes.
+SCALES = {"cpu": 32, "gpu": 256}
+SCALE = os.environ.get("JOINT_TRANSFER_SCALE", "cpu")
+if SCALE not in SCALES:
+    raise SystemExit(f"JOINT_TRANSFER_SCALE: {SCALE!r} is not a scale; one of {', '.join(SCALES)}")
+RESULTS = Path(__file__).parent / "results" / ("gpu" if SCALE == "gpu" else "")
 STORE = RESULTS / "joint_transfer" / "runs"
 MODELS = {
     "dense": "--num-layers 2 --head-dim 16",
     "moe": "--model moe --num-experts 8 --num-layers 2 --head-dim 16",  # top-2 routing
 }
-BASE = 32  # the proxies' width and the muP base width
+BASE = SCALES[SCALE]  # the proxies' width and the muP base width
 SEQ = 64
 # The embedded model's base multipliers (pretrain's default muP), at this base width.
 MUP = f"--mup-base-hidden-size {BASE} --mup-embedding-multiplier 4 --mup-residual-multiplier 0.5"
@@ -130,12 +141,12 @@ def ramp(start: int, increment: int, samples: int, end: int) -> str:
 
 LARGEST = FIT_TOKENS[-1]
 CELLS = [
-    Cell("w128-b8", 128, 4 * LARGEST, 8),
-    Cell("w256-b8", 256, 4 * LARGEST, 8),
-    Cell("w128-b16-10x", 128, 10 * LARGEST, 16),
-    Cell("w128-ramp", 128, 4 * LARGEST, 16, ramp(4, 4, 2400, 16)),
-    Cell("w128-step", 128, 4 * LARGEST, 16, f"0:4 {2 * LARGEST}:16"),
-    Cell("w256-b8-text", 256, 4 * LARGEST, 8, data="text"),
+    Cell(f"w{4 * BASE}-b8", 4 * BASE, 4 * LARGEST, 8),
+    Cell(f"w{8 * BASE}-b8", 8 * BASE, 4 * LARGEST, 8),
+    Cell(f"w{4 * BASE}-b16-10x", 4 * BASE, 10 * LARGEST, 16),
+    Cell(f"w{4 * BASE}-ramp", 4 * BASE, 4 * LARGEST, 16, ramp(4, 4, 2400, 16)),
+    Cell(f"w{4 * BASE}-step", 4 * BASE, 4 * LARGEST, 16, f"0:4 {2 * LARGEST}:16"),
+    Cell(f"w{8 * BASE}-b8-text", 8 * BASE, 4 * LARGEST, 8, data="text"),
 ]
 
 
@@ -445,6 +456,8 @@ def tune_cell(store: Store, model: str, cell: Cell, report: dict, tail: dict | N
     earlier = STORE / root / "cell.json"  # what another machine's run dirs gave
     if earlier.is_file():
         before = json.loads(earlier.read_text())
+        # Rows this call did not run (the second fit's, without --phases long-fit) stay.
+        result = {**{key: result.get(key, row) for key, row in before.items()}, **result}
         for key in rows:
             result[key]["lr_curve"] = result[key]["lr_curve"] or before.get(key, {}).get(
                 "lr_curve", []
@@ -940,7 +953,7 @@ def ratios(result: dict) -> dict:
 
 def report(models: list[str]) -> str:
     lines = [
-        "# Joint transfer: Power fitted once on width-32 proxies, used unchanged",
+        f"# Joint transfer: Power fitted once on width-{BASE} proxies, used unchanged",
         "",
         f"Proxies: GPT {BASE} wide (= muP base width, the embedded model's multipliers: "
         f"embedding 4, residual 0.5), 2 layers, head dim 16, seq {SEQ}; MoE: 8 experts, "
@@ -954,9 +967,9 @@ def report(models: list[str]) -> str:
         "tuned - H)) unless the cell says text (Shakespeare, 512-piece BPE). The LR scale "
         "probe (a diagnosis, seed 0): the fitted-tail Power with its whole LR (a and the cap) "
         "x0.25, x0.5, x2; a best scale other than 1 puts the gap on the LR level that the fit "
-        "and muP's transfer gave the cell, x1 on the schedule's shape. The width-64 row: the "
-        f"fit, the tail and the LR scale all chosen on {WIDE_PROXY}-wide proxies instead "
-        "(`--phases wide-proxies`).",
+        "and muP's transfer gave the cell, x1 on the schedule's shape. "
+        f"The width-{WIDE_PROXY} row: the fit, the tail and the LR scale all chosen on "
+        f"{WIDE_PROXY}-wide proxies instead (`--phases wide-proxies`).",
         "",
     ]  # fmt: skip
     overall = {}
@@ -1330,7 +1343,8 @@ def plot(models: list[str], data: str, png: Path) -> None:
             if more.is_file():
                 rows = json.loads(more.read_text())["rows"]
                 axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
-                          linestyle="--", marker="x", label=f"{param}, widths 32-512")  # fmt: skip
+                          linestyle="--", marker="x",
+                          label=f"{param}, widths {BASE}-{16 * BASE}")  # fmt: skip
         axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
                  title=f"{model}: optimal LR vs width")  # fmt: skip
         axis.legend(fontsize=7)
@@ -1341,20 +1355,31 @@ def plot(models: list[str], data: str, png: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", default="bench/work/joint_transfer")
+    parser.add_argument("--work-dir", default="bench/work/joint_transfer"
+                        + ("" if SCALE == "cpu" else f"-{SCALE}"))  # fmt: skip
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
-    phases = ["cells", "proxy-tail", "wide-proxies", "width", "width-more"]
+    phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "width", "width-more"]
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="concurrent runs (default: one per CPU core, or per GPU)",
+    )
     parser.add_argument("--report-only", action="store_true", help="run nothing")
     args = parser.parse_args()
+    if "long-fit" in args.phases and "cells" not in args.phases:
+        parser.error("--phases long-fit: adds the second fit's rows to the cells; give cells too")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs: must be >= 1, got {args.jobs}")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        store = Store(work, Pool())
+        store = Store(work, Pool(args.jobs))
         text: list[str] = []
 
         def text_flags() -> str:
@@ -1380,7 +1405,9 @@ def main() -> None:
                 wide_proxies(store, model, cells, tail, text_flags)
             if "cells" not in args.phases:
                 continue
-            long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
+            long_fit = None
+            if "long-fit" in args.phases:
+                long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
             for cell in cells:
                 data_flags = text_flags() if cell.data == "text" else ""
                 tune_cell(store, model, cell, fitted, tail, data_flags, long_fit)

@@ -114,10 +114,13 @@ def entropy_rate(work: Path) -> float | None:
 
 # ------------------------------------------------------------------------ running
 class Pool:
-    """Runs of many sweep directories through the sweep runner, one per CPU slot."""
+    """Runs of many sweep directories through the sweep runner, one per CPU slot (or GPU);
+    ``concurrent``: that many at once instead (small proxies share a GPU), as the sweep
+    command's --jobs."""
 
-    def __init__(self) -> None:
+    def __init__(self, concurrent: int | None = None) -> None:
         self.jobs: list[tuple[SweepDir, SweepSpec, int]] = []
+        self.concurrent = concurrent
 
     def add(self, path: Path, spec: SweepSpec) -> None:
         sweep = SweepDir(path)
@@ -125,7 +128,7 @@ class Pool:
         self.jobs += [(sweep, spec, i) for i in sweep.pending(spec, retry_failed=False)]
 
     def run(self, what: str) -> None:
-        """The queued runs, longest first, one per CPU slot, with a progress bar."""
+        """The queued runs, longest first, one per slot, with a progress bar."""
         from tqdm import tqdm
 
         jobs = sorted(self.jobs, key=lambda job: -job[1].runs()[job[2]]["train_tokens"])
@@ -138,7 +141,10 @@ class Pool:
                 bar.update(1)
                 bar.set_postfix(last=record["id"], loss=record["valid_loss"])
 
-            run_jobs(jobs, default_slots(1), done)
+            slots = default_slots(1)
+            if self.concurrent is not None:
+                slots = (slots * self.concurrent)[: self.concurrent]
+            run_jobs(jobs, slots, done)
 
 
 def spec(lrs, batches, tokens, extra: str, seeds=(0,)) -> SweepSpec:
