@@ -21,9 +21,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -286,7 +288,43 @@ class SweepDir:
 
 
 # ------------------------------------------------------------------- one run
-def run_one(sweep: SweepDir, spec: SweepSpec, index: int, env: dict[str, str] | None = None):
+class Stopped(Exception):
+    """The sweep was stopped before this run started."""
+
+
+class Guards:
+    """The guard processes of the runs in flight, so that a stop (Ctrl-C) ends them and
+    starts no other, instead of waiting for every queued run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def start(self, argv: list[str], **popen: Any) -> subprocess.Popen:
+        with self._lock:
+            if self._stopped:
+                raise Stopped
+            process = subprocess.Popen(argv, **popen)
+            self._running.add(process)
+            return process
+
+    def finished(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def stop(self) -> None:
+        """SIGTERM every running guard (it stops its command's group and exits 143, an
+        interrupted run that the next sweep reruns); no run starts after this."""
+        with self._lock:
+            self._stopped = True
+            for process in self._running:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+
+
+def run_one(sweep: SweepDir, spec: SweepSpec, index: int, env: dict[str, str] | None = None,
+            guards: Guards | None = None):  # fmt: skip
     """Run grid entry ``index`` to completion and record it; returns the record (the one
     already there when another process finished the run first)."""
     run = spec.runs()[index]
@@ -296,10 +334,10 @@ def run_one(sweep: SweepDir, spec: SweepSpec, index: int, env: dict[str, str] | 
         done = sweep.result(run)
         if done is not None and done["status"] == "ok":
             return done
-        return _run_locked(sweep, spec, index, run, identifier, env)
+        return _run_locked(sweep, spec, index, run, identifier, env, guards or Guards())
 
 
-def _run_locked(sweep, spec, index, run, identifier, env) -> dict[str, Any]:
+def _run_locked(sweep, spec, index, run, identifier, env, guards: Guards) -> dict[str, Any]:
     run_dir = sweep.path / "runs" / identifier
     text = command(spec, run, run_dir)
     if runs_pretrain(spec.template) and run_dir.exists():
@@ -315,13 +353,14 @@ def _run_locked(sweep, spec, index, run, identifier, env) -> dict[str, Any]:
         log.flush()
         offset = log.tell()
         # The guard stops everything the command starts when it ends or the sweep dies.
-        process = subprocess.Popen(
+        process = guards.start(
             [sys.executable, "-m", "megatron_power.sweep.guard", "bash", "-c", text],
             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )  # fmt: skip
         returncode = process.wait()
         process.stdin.close()
+        guards.finished(process)
     with log_file.open(errors="replace") as log:
         log.seek(offset)
         output = log.read()
@@ -372,25 +411,34 @@ def run_jobs(
     slots: list[dict[str, str]],
     on_done: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Grid entries of one or several sweeps, one per slot, in the order given."""
+    """Grid entries of one or several sweeps, one per slot, in the order given. A stop
+    (Ctrl-C, or a signal the caller turns into an exception) starts no queued run and ends
+    the running ones, recorded as interrupted, before it propagates."""
     free: Queue = Queue()
     for slot in slots:
         free.put(slot)
+    guards = Guards()
 
     def job(sweep: SweepDir, spec: SweepSpec, index: int) -> dict[str, Any]:
         slot = free.get()
         try:
-            return run_one(sweep, spec, index, slot)
+            return run_one(sweep, spec, index, slot, guards)
         finally:
             free.put(slot)
 
     records = []
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    try:
         for future in as_completed([pool.submit(job, *entry) for entry in jobs]):
             record = future.result()
             records.append(record)
             if on_done:
                 on_done(record)
+    except BaseException:
+        guards.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return records
 
 

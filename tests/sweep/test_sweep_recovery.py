@@ -4,6 +4,7 @@ proxy) is resumed by rerunning the same command: done runs kept, killed runs run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -144,3 +145,28 @@ def test_a_killed_pretrain_proxy_resumes_from_its_checkpoint(tmp_path):
     assert [json.dumps(row) for row in rows[:244]] == trained[:244]  # the trained part kept
     ok = [r for r in records(sweep) if r["status"] == "ok"]
     assert len(ok) == 1 and ok[0]["valid_loss"] is not None
+
+
+def test_ctrl_c_of_the_sweep_ends_its_runs_and_starts_no_queued_one(custom):
+    sweep, block, command = custom
+    jobs = command.index("--jobs")
+    command = [*command[:jobs], "--jobs", "1", *command[jobs + 2 :]]  # one runs, one queued
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)  # fmt: skip
+    [(command_pid, child_pid)] = started(sweep, 1)
+    first.send_signal(signal.SIGINT)  # the sweep alone (a terminal's Ctrl-C reaches the runs too)
+    try:
+        output, _ = first.communicate(timeout=60)  # not after the blocked run's 300 s
+    finally:  # nothing left behind if it hung: the sweep's group, the command's (and child's)
+        for group in (first.pid, command_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+    assert first.returncode == 130 and "megatron-power sweep: interrupted" in output, output
+    wait_for(lambda: not alive(command_pid) and not alive(child_pid), 30, "the run to end")
+    assert len(list((sweep / "runs").iterdir())) == 1  # the queued run never started
+    [record] = records(sweep)
+    assert record["status"] == "interrupted"
+    block.unlink()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "2 ok, 0 failed, 0 not run" in rerun.stdout
