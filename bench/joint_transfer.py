@@ -58,6 +58,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -1353,6 +1354,41 @@ def plot(models: list[str], data: str, png: Path) -> None:
     plt.close(figure)
 
 
+def run_phases(store: Store, args: argparse.Namespace) -> None:
+    """The phases, models and cells the command line chose, in order."""
+    text: list[str] = []
+
+    def text_flags() -> str:
+        """Shakespeare's data flags, tokenised on first use."""
+        if not text:
+            text.append(shakespeare_flags(store.work))
+        return text[0]
+
+    cells = [c for c in CELLS if c.name in args.cells]
+    for model in args.models:
+        for data in args.width_data if "width" in args.phases else []:
+            width_phase(store, model, data, text_flags() if data == "text" else "")
+        for data in args.width_data if "width-more" in args.phases else []:
+            for param in MORE_PARAMS:
+                more_widths(store, model, data, text_flags() if data == "text" else "", param)
+        if not {"cells", "proxy-tail", "wide-proxies"} & set(args.phases):
+            continue
+        fitted = fit(store, model)
+        tail = fit_tail(store, model, fitted)
+        if "proxy-tail" in args.phases:
+            proxy_tails(store, model, cells, fitted, tail, text_flags)
+        if "wide-proxies" in args.phases:
+            wide_proxies(store, model, cells, tail, text_flags)
+        if "cells" not in args.phases:
+            continue
+        long_fit = None
+        if "long-fit" in args.phases:
+            long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
+        for cell in cells:
+            data_flags = text_flags() if cell.data == "text" else ""
+            tune_cell(store, model, cell, fitted, tail, data_flags, long_fit)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", default="bench/work/joint_transfer"
@@ -1380,37 +1416,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         store = Store(work, Pool(args.jobs))
-        text: list[str] = []
-
-        def text_flags() -> str:
-            """Shakespeare's data flags, tokenised on first use."""
-            if not text:
-                text.append(shakespeare_flags(work))
-            return text[0]
-
-        cells = [c for c in CELLS if c.name in args.cells]
-        for model in args.models:
-            for data in args.width_data if "width" in args.phases else []:
-                width_phase(store, model, data, text_flags() if data == "text" else "")
-            for data in args.width_data if "width-more" in args.phases else []:
-                for param in MORE_PARAMS:
-                    more_widths(store, model, data, text_flags() if data == "text" else "", param)
-            if not {"cells", "proxy-tail", "wide-proxies"} & set(args.phases):
-                continue
-            fitted = fit(store, model)
-            tail = fit_tail(store, model, fitted)
-            if "proxy-tail" in args.phases:
-                proxy_tails(store, model, cells, fitted, tail, text_flags)
-            if "wide-proxies" in args.phases:
-                wide_proxies(store, model, cells, tail, text_flags)
-            if "cells" not in args.phases:
-                continue
-            long_fit = None
-            if "long-fit" in args.phases:
-                long_fit = fit(store, model, "fit-long", tuple(LONG_FIT_TOKENS))
-            for cell in cells:
-                data_flags = text_flags() if cell.data == "text" else ""
-                tune_cell(store, model, cell, fitted, tail, data_flags, long_fit)
+        # A stop (a time limit's SIGTERM, Ctrl-C) keeps every finished run in the store.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
+        try:
+            run_phases(store, args)
+        finally:
+            for model in args.models:
+                store.save(model)
     markdown, overall = report(list(MODELS))
     print(markdown)
     atomic_write_text(RESULTS / "joint_transfer.md", markdown)

@@ -6,7 +6,7 @@
 # the iteration time, side by side in one run.
 #   bash bench/megatron_lm_gpu.sh TREE.tar.gz       (OUT: where results go)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 archive="$1"
 out="${OUT:-bench/results/gpu}"
 iters="${ITERS:-200}"
@@ -15,8 +15,9 @@ work="$(mktemp -d)"
 tar xzf "${archive}" -C "${work}"
 tree="$(ls -d "${work}"/megatron-lm-*)"
 py="${PY:-python3}"
+read -r -a includes <<<"$("${py}" -m pybind11 --includes)"
 ( cd "${tree}/megatron/core/datasets" && g++ -O3 -shared -std=c++17 -fPIC \
-    $("${py}" -m pybind11 --includes) helpers.cpp \
+    "${includes[@]}" helpers.cpp \
     -o "helpers_cpp$("${py}" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" )
 export CUDA_DEVICE_MAX_CONNECTIONS=1 PYTHONPATH="${PWD}"
 impl=(--transformer-impl local --no-persist-layer-norm --no-masked-softmax-fusion)  # no TE/apex

@@ -85,8 +85,12 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the results' path without .md/.json "
+                        "(default: bench/results/training_overhead_<device>)")  # fmt: skip
     args = parser.parse_args()
 
+    from megatron_power.files import atomic_write_text
     from megatron_power.training.config import PretrainConfig
     from megatron_power.training.distributed import init_distributed
 
@@ -136,10 +140,11 @@ def main() -> None:
         lines.append(f"| {name} | {median * 1e3:.2f} | {median / reference:.3f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stem = f"training_overhead_{device.type}"
-    (RESULTS / f"{stem}.md").write_text(text)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"args": vars(args), "seconds": times}) + "\n")
+    stem = args.out or RESULTS / f"training_overhead_{device.type}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stem.with_name(f"{stem.name}.md"), text)
+    record = {"args": {**vars(args), "out": str(stem)}, "seconds": times}
+    atomic_write_text(stem.with_name(f"{stem.name}.json"), json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":
