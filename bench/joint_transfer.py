@@ -607,6 +607,59 @@ def wide_proxies(store: Store, model: str, cells: list[Cell], tail: dict, text_f
     return out
 
 
+#: Phase 2d, a diagnosis of the width-64 row where it misses the worst-cell target (the
+#: held-out cell is looked at, so nothing here is a choice): Power with the width-64 fit
+#: at these LR scales and at the copies' tail and the proxies' fitted tail, the cell's seeds.
+WIDE_PROBE_SCALES = [1.0, 2.0, 4.0]
+
+
+def worst_target(model: str) -> float:
+    """The issue's worst-cell target for the ratio Power / best tuned."""
+    return 1.005 if model == "dense" else 1.01
+
+
+def wide_probe(store: Store, model: str, cells: list[Cell], tail: dict, text_flags) -> dict:
+    """Phase 2d: in each of ``cells`` whose width-64 row misses worst_target, that row's
+    fit with each tail (the copies' choice, the proxies' fitted tail) x WIDE_PROBE_SCALES:
+    whether the miss is the LR level or the tail."""
+    out = wide_choices(model)
+    if "flags" not in out:
+        raise SystemExit("--phases wide-probe: run --phases wide-proxies first")
+    report = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
+    specs = {}
+    for cell in cells:
+        result = cell_result(model, cell, {}, out)
+        if result is None or "power-wide" not in result:
+            continue
+        if ratios(result)["power-wide"] <= worst_target(model):
+            continue
+        data_flags = text_flags() if cell.data == "text" else ""
+        held_out = result["power-wide"]
+        for fraction in sorted({held_out["fraction"], tail["fraction"]}):
+            for scale in WIDE_PROBE_SCALES:
+                if (fraction, scale) == (held_out["fraction"], held_out["scale"]):
+                    continue  # the row itself
+                spec, cap = scaled_power(model, cell, report, data_flags, fraction, scale)
+                name = f"{model}/{cell.name}/probe-fit-w{WIDE_PROXY}-x{scale:g}-tail-{fraction:g}"
+                specs[cell, fraction, scale] = (name, spec, cap)
+                store.add(name, spec)
+    store.run(f"{model}: width-{WIDE_PROXY} row, LR scale x tail")
+    for (cell, fraction, scale), (name, spec, cap) in specs.items():
+        found = store.losses(name, spec, diverged_ok=True)
+        losses = [found[cap, seed] for seed in cell_seeds(cell)]
+        held_out = out["cells"][cell.name]["held_out"]
+        probe = out["cells"][cell.name].setdefault("probe", {
+            f"tail {held_out['fraction']:g} x{held_out['scale']:g}": {
+                key: held_out[key] for key in ("fraction", "scale", "losses", "mean", "sd")},
+        })  # fmt: skip
+        probe[f"tail {fraction:g} x{scale:g}"] = {
+            "fraction": fraction, "scale": scale, "losses": losses,
+            "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+        }  # fmt: skip
+    atomic_write_text(STORE / model / "wide-proxies.json", json.dumps(out, indent=2) + "\n")
+    return out
+
+
 def wide_choices(model: str) -> dict:
     """wide_proxies' file (empty before it has run)."""
     path = STORE / model / "wide-proxies.json"
@@ -1038,7 +1091,16 @@ def report(models: list[str]) -> str:
                       f"chosen on width-{WIDE_PROXY} copies of each cell: " + "; ".join(
                           proxy_choice_text(name, entry["choice"])
                           for name, entry in wide["cells"].items()) + "."]  # fmt: skip
-        target = 1.005 if model == "dense" else 1.01
+        for name, entry in wide.get("cells", {}).items():
+            if "probe" in entry and name in by_cell:
+                best = ratios(by_cell[name])["best"]
+                lines += ["", f"Why the width-{WIDE_PROXY} row misses in {name} (`--phases "
+                          "wide-probe`, a diagnosis that looks at the held-out cell: its fit "
+                          "at each tail and LR scale; mean ± seed sd, ratio to the best tuned): "
+                          + ", ".join(f"{key} {fmt(row)} ({row['mean'] / best:.4f})"
+                                      for key, row in sorted(entry["probe"].items()))
+                          + "."]  # fmt: skip
+        target = worst_target(model)
         overall[model] = {"cells": len(found), "of": len(CELLS)}
         for key, label in POWER_ROWS:
             values = [r[key] for r in found if key in r]
@@ -1371,7 +1433,7 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
         for data in args.width_data if "width-more" in args.phases else []:
             for param in MORE_PARAMS:
                 more_widths(store, model, data, text_flags() if data == "text" else "", param)
-        if not {"cells", "proxy-tail", "wide-proxies"} & set(args.phases):
+        if not {"cells", "proxy-tail", "wide-proxies", "wide-probe"} & set(args.phases):
             continue
         fitted = fit(store, model)
         tail = fit_tail(store, model, fitted)
@@ -1379,6 +1441,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             proxy_tails(store, model, cells, fitted, tail, text_flags)
         if "wide-proxies" in args.phases:
             wide_proxies(store, model, cells, tail, text_flags)
+        if "wide-probe" in args.phases:
+            wide_probe(store, model, cells, tail, text_flags)
         if "cells" not in args.phases:
             continue
         long_fit = None
@@ -1396,7 +1460,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
-    phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "width", "width-more"]
+    phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "width",
+              "width-more"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
