@@ -491,18 +491,19 @@ def proxy_fractions(tail: dict) -> list[float]:
 
 
 def proxy_tail(store: Store, model: str, cell: Cell, report: dict, tail: dict,
-               data_flags: str, width: int = BASE) -> dict:  # fmt: skip
+               data_flags: str, width: int = BASE, fit_tag: str = "") -> dict:  # fmt: skip
     """Phase 2b, the fix the cells point to (a tail fitted per data set at the target
     budget): Power with the fitted a, b, c on a width-32 copy of the cell (its data, budget
     and batch or schedule; seeds as the cell's), each tail of ``proxy_fractions``; the tail
     with the lowest mean loss is the cell's choice; then at that tail each LR scale in
     PROXY_SCALES, chosen the same way. The held-out cell is not looked at. ``width``: the
-    copies' width (the fit's proxies')."""
+    copies' width (the fit's proxies'); ``fit_tag``: names the runs of a fit from proxies
+    of another width."""
     seeds = cell_seeds(cell)
     proxy = replace(cell, width=width)
     # Named without the width: cells that differ only by width share their proxies.
     key = cell.name.removeprefix(f"w{cell.width}-")
-    kept = "" if width == BASE else f"-w{width}"
+    kept = ("" if width == BASE else f"-w{width}") + fit_tag
 
     def mean_losses(specs: dict) -> tuple[dict, dict]:
         for name, spec, _ in specs.values():
@@ -658,6 +659,46 @@ def wide_probe(store: Store, model: str, cells: list[Cell], tail: dict, text_fla
         }  # fmt: skip
     atomic_write_text(STORE / model / "wide-proxies.json", json.dumps(out, indent=2) + "\n")
     return out
+
+
+#: Phase 2e, the fix the wide probe points to (on Shakespeare neither the LR level nor the
+#: tail recovers what the 64-wide fit's steeper b costs): the fit, too, chosen on the
+#: width-64 copies of each cell, between the fits on 32- and 64-wide proxies.
+def fit_choice(store: Store, model: str, cells: list[Cell], fitted: dict, tail: dict,
+               text_flags) -> dict:  # fmt: skip
+    """Phase 2e: on each cell's WIDE_PROXY-wide copies, the width-32 fit at each tail and
+    then LR scale (proxy_tail) beside the width-64 fit's (wide_proxies' choice); the fit
+    whose best tail (x1) has the lower mean loss, with its tail and scale, runs in the
+    held-out cell. Nothing held out is looked at."""
+    wide = wide_choices(model)
+    if "flags" not in wide:
+        raise SystemExit("--phases fit-choice: run --phases wide-proxies first")
+    path = STORE / model / "fit-choice.json"
+    out = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+    for cell in cells:
+        data_flags = text_flags() if cell.data == "text" else ""
+        narrow = proxy_tail(store, model, cell, fitted, tail, data_flags, WIDE_PROXY,
+                            f"-fit-w{BASE}")  # fmt: skip
+        wide_choice = wide["cells"][cell.name]["choice"]
+        best = {BASE: min(narrow["means"].values()), WIDE_PROXY: min(wide_choice["means"].values())}
+        chosen = min(best, key=best.get)
+        entry = {"best_mean_by_fit_width": best, "fit_width": chosen, "choice": narrow}
+        if chosen == WIDE_PROXY:
+            entry["held_out"] = wide["cells"][cell.name]["held_out"]
+        else:  # the width-32 fit's row of that tail in the cell, or its scaled run
+            entry["held_out"] = proxy_tuned(store, model, cell, fitted, data_flags, narrow)
+            if entry["held_out"] is None:  # x1: the cell's Power row of that tail
+                result = with_proxy_tail(cell_result(model, cell, {}, {}), narrow)
+                entry["held_out"] = {**result["power-proxytail"], "scale": 1.0}
+        out["cells"][cell.name] = entry
+        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def fit_choices(model: str) -> dict:
+    """fit_choice's file (empty before it has run)."""
+    path = STORE / model / "fit-choice.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def wide_choices(model: str) -> dict:
@@ -935,6 +976,8 @@ POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)")
               ("power-proxytail", f"Power (tail chosen on width-{BASE} proxies of the cell)"),
               ("power-proxytuned", f"Power (tail and LR scale chosen on width-{BASE} proxies)"),
               ("power-wide", f"Power (fit, tail and LR scale on width-{WIDE_PROXY} proxies)"),
+              ("power-fitchoice", f"Power (the {BASE}- or {WIDE_PROXY}-wide fit, tail and LR "
+                                  f"scale chosen on width-{WIDE_PROXY} copies)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
@@ -972,7 +1015,10 @@ def cell_result(model: str, cell: Cell, choices: dict, wide: dict) -> dict | Non
         return None
     result = with_proxy_tail(json.loads(file.read_text()), choices.get(cell.name))
     held_out = wide.get("cells", {}).get(cell.name, {}).get("held_out")
-    return {**result, "power-wide": held_out} if held_out else result
+    if held_out:
+        result = {**result, "power-wide": held_out}
+    chosen = fit_choices(model).get("cells", {}).get(cell.name, {}).get("held_out")
+    return {**result, "power-fitchoice": chosen} if chosen else result
 
 
 def proxy_choice_text(name: str, choice: dict) -> str:
@@ -1091,6 +1137,17 @@ def report(models: list[str]) -> str:
                       f"chosen on width-{WIDE_PROXY} copies of each cell: " + "; ".join(
                           proxy_choice_text(name, entry["choice"])
                           for name, entry in wide["cells"].items()) + "."]  # fmt: skip
+        chosen_fits = fit_choices(model).get("cells", {})
+        if chosen_fits:
+            lines += ["", f"The fit, too, chosen on width-{WIDE_PROXY} copies (`--phases "
+                      f"fit-choice`: the {BASE}-wide fit's tails and LR scale on the same "
+                      f"copies; the fit whose best tail has the lower mean loss): " + "; ".join(
+                          f"{name} the {entry['fit_width']}-wide fit (best tail's mean: "
+                          + ", ".join(f"fit w{w} {v:.4f}" for w, v in
+                                      entry["best_mean_by_fit_width"].items())
+                          + f"; tail {entry['held_out']['fraction']:g}, "
+                          f"x{entry['held_out']['scale']:g})"
+                          for name, entry in chosen_fits.items()) + "."]  # fmt: skip
         for name, entry in wide.get("cells", {}).items():
             if "probe" in entry and name in by_cell:
                 best = ratios(by_cell[name])["best"]
@@ -1433,7 +1490,9 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
         for data in args.width_data if "width-more" in args.phases else []:
             for param in MORE_PARAMS:
                 more_widths(store, model, data, text_flags() if data == "text" else "", param)
-        if not {"cells", "proxy-tail", "wide-proxies", "wide-probe"} & set(args.phases):
+        if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice"} & set(
+            args.phases
+        ):
             continue
         fitted = fit(store, model)
         tail = fit_tail(store, model, fitted)
@@ -1443,6 +1502,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             wide_proxies(store, model, cells, tail, text_flags)
         if "wide-probe" in args.phases:
             wide_probe(store, model, cells, tail, text_flags)
+        if "fit-choice" in args.phases:
+            fit_choice(store, model, cells, fitted, tail, text_flags)
         if "cells" not in args.phases:
             continue
         long_fit = None
@@ -1460,8 +1521,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
-    phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "width",
-              "width-more"]  # fmt: skip
+    phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
+              "width", "width-more"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
