@@ -27,6 +27,10 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    base): the fit, then each cell's tail and LR scale choice (as in 2b), on 64-wide
    proxies (``--phases wide-proxies``), then Power with that fit, tail and scale in the
    held-out cells;
+   2d. a diagnosis where that row misses the worst-cell target (``--phases wide-probe``,
+   which looks at the held-out cell): its fit at two tails x LR scales 1, 2, 4;
+   2e. the fix that points to (``--phases fit-choice``): the fit, too, chosen on the
+   64-wide copies, between the 32- and 64-wide fits, each at its best tail and LR scale;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width (each candidate list grown while the
