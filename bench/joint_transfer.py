@@ -1427,20 +1427,24 @@ def plot(models: list[str], data: str, png: Path) -> None:
     panels = 1 + len(results) + len(widths)
     columns = min(4, panels)
     lines = math.ceil(panels / columns)
+    legend_height = 1.3  # inches under the panels for the schedules' legend
     figure, grid = plt.subplots(lines, columns, squeeze=False,
-                                figsize=(4.2 * columns, 3.6 * lines))  # fmt: skip
+                                figsize=(4.2 * columns, 3.6 * lines + legend_height))  # fmt: skip
     axes = list(grid.flat)
     for spare in axes[panels:]:
         spare.set_visible(False)
     names = [f"{m} {c}" for m, c in results]
+    # One colour per schedule in every panel, named once in a legend under the panels.
+    labelled = (("cosine", "cosine (tuned)"), ("wsd", "WSD (tuned)"), *POWER_ROWS)
+    palette = plt.get_cmap("tab20").colors
+    colour = {key: palette[i % len(palette)] for i, (key, _) in enumerate(labelled)}
     keys = [key for key, _ in POWER_ROWS if key != "paper"]
     width = 0.8 / len(keys)
     for offset, key in enumerate(keys):
         axes[0].bar([i + width * (offset - (len(keys) - 1) / 2) for i in range(len(names))],
                     [ratios(r).get(key, math.nan) for r in results.values()], width=width,
-                    label=dict(POWER_ROWS)[key])  # fmt: skip
+                    color=colour[key])  # fmt: skip
     axes[0].set_xticks(range(len(names)), names)
-    axes[0].legend(fontsize=6)
     axes[0].axhline(1.0, color="grey", linestyle=":")
     axes[0].set(title=f"{data}: Power / best tuned", ylim=(0.98, 1.03))
     axes[0].tick_params(axis="x", rotation=60, labelsize=7)
@@ -1448,13 +1452,12 @@ def plot(models: list[str], data: str, png: Path) -> None:
     for (model, name), result in results.items():
         axis = axes[panel]
         panel += 1
-        for key, label in (("cosine", "cosine (tuned)"), ("wsd", "WSD (tuned)"), *POWER_ROWS):
+        for key, _ in labelled:
             if not result.get(key, {}).get("lr_curve"):
                 continue
             tokens, lrs = zip(*result[key]["lr_curve"], strict=True)
-            axis.plot(tokens, lrs, label=label)
+            axis.plot(tokens, lrs, color=colour[key])
         axis.set(title=f"{model} {name}", xlabel="tokens", ylabel="LR")
-        axis.legend(fontsize=6)
     for model, result in widths.items():
         axis = axes[panel]
         panel += 1
@@ -1472,7 +1475,11 @@ def plot(models: list[str], data: str, png: Path) -> None:
         axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
                  title=f"{model}: optimal LR vs width")  # fmt: skip
         axis.legend(fontsize=7)
-    figure.tight_layout()
+    from matplotlib.patches import Patch
+
+    figure.legend(handles=[Patch(color=colour[key], label=label) for key, label in labelled],
+                  loc="lower center", ncol=3, fontsize=8)  # fmt: skip
+    figure.tight_layout(rect=(0, legend_height / (3.6 * lines + legend_height), 1, 1))
     figure.savefig(png, dpi=100)
     plt.close(figure)
 
