@@ -657,9 +657,12 @@ def wide_probe(store: Store, model: str, cells: list[Cell], tail: dict, text_fla
             f"tail {held_out['fraction']:g} x{held_out['scale']:g}": {
                 key: held_out[key] for key in ("fraction", "scale", "losses", "mean", "sd")},
         })  # fmt: skip
+        diverged = sum(not math.isfinite(loss) for loss in losses)  # a too-large LR
         probe[f"tail {fraction:g} x{scale:g}"] = {
-            "fraction": fraction, "scale": scale, "losses": losses,
-            "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+            "fraction": fraction, "scale": scale, "diverged": diverged,
+            "losses": [loss if math.isfinite(loss) else None for loss in losses],
+            "mean": None if diverged else statistics.fmean(losses),
+            "sd": None if diverged else statistics.stdev(losses),
         }  # fmt: skip
     atomic_write_text(STORE / model / "wide-proxies.json", json.dumps(out, indent=2) + "\n")
     return out
@@ -1159,6 +1162,9 @@ def report(models: list[str]) -> str:
                           "wide-probe`, a diagnosis that looks at the held-out cell: its fit "
                           "at each tail and LR scale; mean ± seed sd, ratio to the best tuned): "
                           + ", ".join(f"{key} {fmt(row)} ({row['mean'] / best:.4f})"
+                                      if row["mean"] is not None else
+                                      f"{key} diverged in {row['diverged']} of "
+                                      f"{len(row['losses'])} seeds"
                                       for key, row in sorted(entry["probe"].items()))
                           + "."]  # fmt: skip
         target = worst_target(model)

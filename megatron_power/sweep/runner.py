@@ -368,7 +368,9 @@ def _run_locked(sweep, spec, index, run, identifier, env, guards: Guards) -> dic
     ok = returncode == 0 and loss is not None and math.isfinite(loss)
     record = {
         "id": identifier, "index": index, "params": run, "command": text,
-        "status": "ok" if ok else INTERRUPTED if returncode in KILLED else "failed",
+        # A guard killed by a signal itself (kill -9 of it, the OOM killer) reports -N.
+        "status": "ok" if ok else INTERRUPTED if returncode in KILLED or returncode < 0
+        else "failed",
         "valid_loss": loss,
         "returncode": returncode, "seconds": round(time.time() - start, 2),
         "finished": time.time(), "log": str(log_file),

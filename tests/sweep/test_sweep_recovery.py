@@ -170,3 +170,26 @@ def test_ctrl_c_of_the_sweep_ends_its_runs_and_starts_no_queued_one(custom):
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "2 ok, 0 failed, 0 not run" in rerun.stdout
+
+
+def test_kill_9_of_a_runs_guard_is_an_interrupted_run_that_the_next_sweep_reruns(custom):
+    sweep, block, command = custom
+    command = [*command[: command.index("0.01")], "0.01", *command[command.index("0.02") + 1 :]]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)  # fmt: skip
+    [(command_pid, _)] = started(sweep, 1)
+    stat = Path(f"/proc/{command_pid}/stat").read_text()
+    guard_pid = int(stat.rsplit(")", 1)[1].split()[1])  # the command's parent
+    try:
+        os.kill(guard_pid, signal.SIGKILL)  # as the OOM killer would
+        output, _ = first.communicate(timeout=120)
+    finally:  # the command's own group (the guard that would have stopped it is gone)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command_pid, signal.SIGKILL)
+    assert first.returncode == 1, output
+    [record] = records(sweep)
+    assert record["status"] == "interrupted" and record["returncode"] == -9
+    block.unlink()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert sorted(r["status"] for r in records(sweep)) == ["interrupted", "ok"]
