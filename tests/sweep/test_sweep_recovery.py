@@ -76,6 +76,14 @@ def started(sweep: Path, count: int) -> list[tuple[int, int]]:
             for f in pid_files()]  # fmt: skip
 
 
+def start_one_run(command: list[str]) -> tuple[list[str], subprocess.Popen]:
+    """The custom sweep with its first LR alone, started in a session of its own."""
+    command = [*command[: command.index("0.01")], "0.01", *command[command.index("0.02") + 1 :]]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)  # fmt: skip
+    return command, first
+
+
 def test_kill_9_of_the_sweep_leaves_no_process_and_a_rerun_finishes_it(custom):
     sweep, block, command = custom
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -97,9 +105,7 @@ def test_kill_9_of_the_sweep_leaves_no_process_and_a_rerun_finishes_it(custom):
 
 def test_kill_9_of_one_command_stops_its_children_and_the_next_sweep_reruns_it(custom):
     sweep, block, command = custom
-    command = [*command[: command.index("0.01")], "0.01", *command[command.index("0.02") + 1 :]]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)  # fmt: skip
+    command, first = start_one_run(command)
     [(command_pid, child_pid)] = started(sweep, 1)
     os.kill(command_pid, signal.SIGKILL)
     output, _ = first.communicate(timeout=120)
@@ -174,9 +180,7 @@ def test_ctrl_c_of_the_sweep_ends_its_runs_and_starts_no_queued_one(custom):
 
 def test_kill_9_of_a_runs_guard_is_an_interrupted_run_that_the_next_sweep_reruns(custom):
     sweep, block, command = custom
-    command = [*command[: command.index("0.01")], "0.01", *command[command.index("0.02") + 1 :]]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)  # fmt: skip
+    command, first = start_one_run(command)
     [(command_pid, _)] = started(sweep, 1)
     stat = Path(f"/proc/{command_pid}/stat").read_text()
     guard_pid = int(stat.rsplit(")", 1)[1].split()[1])  # the command's parent
