@@ -53,6 +53,7 @@ timeout --signal=TERM --kill-after=30 "${BUDGET_S:-420}" "${py}" bench/joint_tra
 if [ "${rc}" -ne 0 ]; then
   echo "joint_transfer stopped (exit ${rc}); its finished runs are kept: call again to resume"
 fi
+mkdir -p bench/results/gpu/joint_transfer  # (empty if the protocol failed at its start)
 tar czf "${out}/joint_transfer_gpu_store.tgz" -C bench/results/gpu joint_transfer
 "${py}" bench/joint_transfer.py --report-only >/dev/null
 cp bench/results/gpu/joint_transfer.md "${out}/joint_transfer_gpu.md" 2>/dev/null || true
