@@ -69,7 +69,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from quality import Pool, shakespeare_flags
+from quality import Pool, diverged, shakespeare_flags
 
 from megatron_power.files import atomic_write_text
 from megatron_power.schedules.power import PowerLaw
@@ -224,14 +224,14 @@ class Store:
             self.save(name)
 
     def losses(self, name: str, spec: SweepSpec, diverged_ok: bool = False) -> dict:
-        """{(lr, seed): validation loss}; a failed run is infinite where ``diverged_ok``
-        (a grid's too-large LR), an error otherwise."""
+        """{(lr, seed): validation loss}; a diverged run is infinite where ``diverged_ok``
+        (a grid's too-large LR); any other failure is an error."""
         sweep, out = SweepDir(self.work / name), {}
         for run in spec.runs():
             record = sweep.result(run)
             if record is not None and record["status"] == "ok":
                 out[run["lr"], run["seed"]] = record["valid_loss"]
-            elif record is not None and diverged_ok:
+            elif diverged_ok and diverged(record):
                 out[run["lr"], run["seed"]] = math.inf
             else:
                 raise SystemExit(f"{sweep.path}: run {run_id(run)} did not finish: {record}")

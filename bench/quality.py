@@ -154,13 +154,21 @@ def spec(lrs, batches, tokens, extra: str, seeds=(0,)) -> SweepSpec:
                      extra_args=extra)  # fmt: skip
 
 
+def diverged(record: dict | None) -> bool:
+    """Whether a run's record is pretrain's stop on a NaN or infinite loss (a tuning grid's
+    too-large LR), not another failure (a crash, a port taken, a killed run)."""
+    return (record is not None and record["status"] == "failed"
+            and "training diverged" in (record.get("error") or ""))  # fmt: skip
+
+
 def losses(path: Path, lr: float, batch: int, tokens: int, seeds, diverged_ok=False):
-    """Validation losses of recorded runs. A failed run is infinite when ``diverged_ok``
-    (a tuning grid's too-large LR) and an error otherwise: nothing is dropped silently."""
+    """Validation losses of recorded runs. A diverged run is infinite when ``diverged_ok``
+    (a tuning grid's too-large LR); any other failure is an error: nothing is dropped
+    silently."""
     sweep, values = SweepDir(path), []
     for run in spec([lr], [batch], [tokens], "", seeds).runs():
         record = sweep.result(run)
-        if record is not None and record["status"] != "ok" and diverged_ok:
+        if diverged_ok and diverged(record):
             values.append(math.inf)
         elif record is None or record["status"] != "ok":
             raise SystemExit(f"{path}: run {run_id(run)} did not finish: {record}")
