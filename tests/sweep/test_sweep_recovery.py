@@ -182,8 +182,10 @@ def test_kill_9_of_a_runs_guard_is_an_interrupted_run_that_the_next_sweep_reruns
     sweep, block, command = custom
     command, first = start_one_run(command)
     [(command_pid, _)] = started(sweep, 1)
-    stat = Path(f"/proc/{command_pid}/stat").read_text()
-    guard_pid = int(stat.rsplit(")", 1)[1].split()[1])  # the command's parent
+    guard_pid = command_pid
+    while b"megatron_power.sweep.guard" not in Path(f"/proc/{guard_pid}/cmdline").read_bytes():
+        stat = Path(f"/proc/{guard_pid}/stat").read_text()
+        guard_pid = int(stat.rsplit(")", 1)[1].split()[1])  # up to the run's guard
     try:
         os.kill(guard_pid, signal.SIGKILL)  # as the OOM killer would
         output, _ = first.communicate(timeout=120)
