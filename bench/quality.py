@@ -141,10 +141,7 @@ class Pool:
                 bar.update(1)
                 bar.set_postfix(last=record["id"], loss=record["valid_loss"])
 
-            slots = default_slots(1)
-            if self.concurrent is not None:
-                slots = (slots * self.concurrent)[: self.concurrent]
-            run_jobs(jobs, slots, done)
+            run_jobs(jobs, default_slots(1, self.concurrent), done)
 
 
 def spec(lrs, batches, tokens, extra: str, seeds=(0,)) -> SweepSpec:

@@ -163,9 +163,7 @@ def evaluate(args, tune_dir: Path, settings: list[dict[str, float]]) -> list[Can
         sweep.record_spec(spec)  # another grid in the same directory is refused
         sweeps.append((sweep, spec))
         jobs += [(sweep, spec, index) for index in sweep.pending(spec, retry_failed=False)]
-    slots = default_slots(args.threads_per_run)
-    if args.jobs is not None:
-        slots = (slots * args.jobs)[: args.jobs]
+    slots = default_slots(args.threads_per_run, args.jobs)
     if jobs:
         with tqdm(total=len(jobs), unit="run", desc="mup-tune") as progress:
             run_jobs(jobs, slots, lambda record: progress.update(1))

@@ -178,9 +178,7 @@ def run_locally(sweep: SweepDir, spec: SweepSpec, todo: list[int], args) -> int:
     from ..sweep.runner import default_slots, run_local
 
     total = len(spec.runs())
-    slots = default_slots(args.threads_per_run)
-    if args.jobs is not None:
-        slots = (slots * args.jobs)[: args.jobs]
+    slots = default_slots(args.threads_per_run, args.jobs)
     print(f"{total} runs, {total - len(todo)} already done, {len(todo)} to run, "
           f"{len(slots)} at a time; {sweep.path}")  # fmt: skip
     with tqdm(total=total, initial=total - len(todo), unit="run") as progress:

@@ -382,8 +382,10 @@ def _run_locked(sweep, spec, index, run, identifier, env, guards: Guards) -> dic
     return record
 
 
-def default_slots(threads_per_run: int) -> list[dict[str, str]]:
-    """One environment per concurrent run: a GPU each, or a share of the CPU cores."""
+def default_slots(threads_per_run: int, jobs: int | None = None) -> list[dict[str, str]]:
+    """One environment per concurrent run: a GPU each, or a share of the CPU cores;
+    ``jobs`` (--jobs): that many instead, the environments reused in turn (small runs
+    sharing a GPU)."""
     try:
         import torch
 
@@ -391,10 +393,13 @@ def default_slots(threads_per_run: int) -> list[dict[str, str]]:
     except Exception:
         gpus = 0
     if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(gpus)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = max(1, (cores or 1) // threads_per_run)
-    return [{"OMP_NUM_THREADS": str(threads_per_run)} for _ in range(count)]
+        slots = [{"CUDA_VISIBLE_DEVICES": str(i)} for i in range(gpus)]
+    else:
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count())  # fmt: skip
+        count = max(1, (cores or 1) // threads_per_run)
+        slots = [{"OMP_NUM_THREADS": str(threads_per_run)} for _ in range(count)]
+    return slots if jobs is None else (slots * jobs)[:jobs]
 
 
 def run_local(
