@@ -633,7 +633,7 @@ def wide_probe(store: Store, model: str, cells: list[Cell], tail: dict, text_fla
     report = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
     specs = {}
     for cell in cells:
-        result = cell_result(model, cell, {}, out)
+        result = cell_result(model, cell, {}, out, {})
         if result is None or "power-wide" not in result:
             continue
         if ratios(result)["power-wide"] <= worst_target(model):
@@ -657,12 +657,12 @@ def wide_probe(store: Store, model: str, cells: list[Cell], tail: dict, text_fla
             f"tail {held_out['fraction']:g} x{held_out['scale']:g}": {
                 key: held_out[key] for key in ("fraction", "scale", "losses", "mean", "sd")},
         })  # fmt: skip
-        diverged = sum(not math.isfinite(loss) for loss in losses)  # a too-large LR
+        diverged_seeds = sum(not math.isfinite(loss) for loss in losses)  # a too-large LR
         probe[f"tail {fraction:g} x{scale:g}"] = {
-            "fraction": fraction, "scale": scale, "diverged": diverged,
+            "fraction": fraction, "scale": scale, "diverged": diverged_seeds,
             "losses": [loss if math.isfinite(loss) else None for loss in losses],
-            "mean": None if diverged else statistics.fmean(losses),
-            "sd": None if diverged else statistics.stdev(losses),
+            "mean": None if diverged_seeds else statistics.fmean(losses),
+            "sd": None if diverged_seeds else statistics.stdev(losses),
         }  # fmt: skip
     atomic_write_text(STORE / model / "wide-proxies.json", json.dumps(out, indent=2) + "\n")
     return out
@@ -695,7 +695,7 @@ def fit_choice(store: Store, model: str, cells: list[Cell], fitted: dict, tail: 
         else:  # the width-32 fit's row of that tail in the cell, or its scaled run
             entry["held_out"] = proxy_tuned(store, model, cell, fitted, data_flags, narrow)
             if entry["held_out"] is None:  # x1: the cell's Power row of that tail
-                result = with_proxy_tail(cell_result(model, cell, {}, {}), narrow)
+                result = with_proxy_tail(cell_result(model, cell, {}, {}, {}), narrow)
                 entry["held_out"] = {**result["power-proxytail"], "scale": 1.0}
         out["cells"][cell.name] = entry
         atomic_write_text(path, json.dumps(out, indent=2) + "\n")
@@ -1013,10 +1013,10 @@ def proxy_choices(model: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def cell_result(model: str, cell: Cell, choices: dict, wide: dict) -> dict | None:
+def cell_result(model: str, cell: Cell, choices: dict, wide: dict, fits: dict) -> dict | None:
     """The cell's stored result with the proxy-chosen rows that ``choices`` (the model's
-    ``proxy_choices``) and ``wide`` (its ``wide_choices``) give it; None before the cell
-    has run."""
+    ``proxy_choices``), ``wide`` (its ``wide_choices``) and ``fits`` (its ``fit_choices``)
+    give it; None before the cell has run."""
     file = STORE / model / cell.name / "cell.json"
     if not file.is_file():
         return None
@@ -1024,7 +1024,7 @@ def cell_result(model: str, cell: Cell, choices: dict, wide: dict) -> dict | Non
     held_out = wide.get("cells", {}).get(cell.name, {}).get("held_out")
     if held_out:
         result = {**result, "power-wide": held_out}
-    chosen = fit_choices(model).get("cells", {}).get(cell.name, {}).get("held_out")
+    chosen = fits.get("cells", {}).get(cell.name, {}).get("held_out")
     return {**result, "power-fitchoice": chosen} if chosen else result
 
 
@@ -1105,9 +1105,9 @@ def report(models: list[str]) -> str:
         header += ["Power LR scale probe: best x (loss / x1)"]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found, by_cell = [], {}
-        proxy_choice, wide = proxy_choices(model), wide_choices(model)
+        proxy_choice, wide, fits = proxy_choices(model), wide_choices(model), fit_choices(model)
         for cell in CELLS:
-            result = cell_result(model, cell, proxy_choice, wide)
+            result = cell_result(model, cell, proxy_choice, wide, fits)
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
             start += f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
             if result is None:
@@ -1144,7 +1144,7 @@ def report(models: list[str]) -> str:
                       f"chosen on width-{WIDE_PROXY} copies of each cell: " + "; ".join(
                           proxy_choice_text(name, entry["choice"])
                           for name, entry in wide["cells"].items()) + "."]  # fmt: skip
-        chosen_fits = fit_choices(model).get("cells", {})
+        chosen_fits = fits.get("cells", {})
         if chosen_fits:
             lines += ["", f"The fit, too, chosen on width-{WIDE_PROXY} copies (`--phases "
                       f"fit-choice`: the {BASE}-wide fit's tails and LR scale on the same "
@@ -1423,7 +1423,7 @@ def plot(models: list[str], data: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    choices = {m: (proxy_choices(m), wide_choices(m)) for m in models}
+    choices = {m: (proxy_choices(m), wide_choices(m), fit_choices(m)) for m in models}
     results = {(m, c.name): r for m in models for c in CELLS
                if c.data == data and (r := cell_result(m, c, *choices[m])) is not None}  # fmt: skip
     widths = {m: json.loads(f.read_text()) for m in models
