@@ -31,6 +31,9 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    which looks at the held-out cell): its fit at two tails x LR scales 1, 2, 4;
    2e. the fix that points to (``--phases fit-choice``): the fit, too, chosen on the
    64-wide copies, between the 32- and 64-wide fits, each at its best tail and LR scale;
+   2f. the fix the batch-rule cause points to (``--phases batch-rule``): in the cells with
+   a batch schedule, that row with beta held at the final batch (Power's LR otherwise runs
+   low through a ramp), the rule chosen on the same copies;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width (each candidate list grown while the
@@ -702,6 +705,75 @@ def fit_choice(store: Store, model: str, cells: list[Cell], fitted: dict, tail: 
     return out
 
 
+#: Phase 2f, the fix the batch-rule cause points to: under a batch schedule Power's beta
+#: follows the small early batch, so its LR runs low through the ramp while tuned cosine and
+#: WSD keep one LR. The alternative holds beta at the schedule's final batch
+#: (``--lr-power-batch-size``); the width-64 copies choose between the two.
+def batch_rule(store: Store, model: str, cells: list[Cell], fitted: dict, text_flags) -> dict:
+    """Phase 2f: in each cell with a batch schedule, the fit-choice row (its fit, tail and
+    LR scale) with beta held at the final batch, on the cell's WIDE_PROXY-wide copies and in
+    the held-out cell; the copies' mean loss against the in-force rule's (the fit choice's
+    own copies) picks the cell's rule. Nothing held out is looked at."""
+    fits, wide = fit_choices(model), wide_choices(model)
+    if not fits.get("cells"):
+        raise SystemExit("--phases batch-rule: run --phases fit-choice first")
+    wide_fit = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
+    path = STORE / model / "batch-rule.json"
+    out = batch_rules(model) or {"cells": {}}
+    specs = {}
+    for cell in cells:
+        entry = fits["cells"].get(cell.name)
+        if cell.schedule is None or entry is None:
+            continue  # a constant batch is its own final batch: the rules are one
+        width, held = entry["fit_width"], f"--lr-power-batch-size {cell.batch}"
+        fraction, scale = entry["held_out"]["fraction"], entry["held_out"]["scale"]
+        data_flags = f"{text_flags() if cell.data == 'text' else ''} {held}"
+        report = wide_fit if width == WIDE_PROXY else fitted
+        key = cell.name.removeprefix(f"w{cell.width}-")
+        tag = f"fit-w{width}{'' if scale == 1.0 else f'-x{scale:g}'}-tail-{fraction:g}"
+        copy = replace(cell, width=WIDE_PROXY)
+        specs[cell.name] = {
+            "copies": (f"{model}/batch-rule-w{WIDE_PROXY}/{key}/{tag}-held-batch",
+                       *scaled_power(model, copy, report, data_flags, fraction, scale)),
+            "held_out": (f"{model}/{cell.name}/power-{tag}-held-batch",
+                         *scaled_power(model, cell, report, data_flags, fraction, scale)),
+        }  # fmt: skip
+        for name, spec, _ in specs[cell.name].values():
+            store.add(name, spec)
+    store.run(f"{model}: Power with beta held at the final batch")
+    for cell in cells:
+        if cell.name not in specs:
+            continue
+        entry = fits["cells"][cell.name]
+        choice = wide["cells"][cell.name]["choice"] if entry["fit_width"] == WIDE_PROXY else (
+            entry["choice"])  # fmt: skip
+        scale = entry["held_out"]["scale"]
+        in_force = choice["scale"]["losses"][f"{scale:g}"]
+        rows = {}
+        for where, (name, spec, cap) in specs[cell.name].items():
+            found = store.losses(name, spec)
+            losses = [found[cap, seed] for seed in cell_seeds(cell)]
+            rows[where] = {"lr": cap, "fraction": entry["held_out"]["fraction"], "scale": scale,
+                           "losses": losses, "mean": statistics.fmean(losses),
+                           "sd": statistics.stdev(losses)}  # fmt: skip
+        rows["held_out"]["lr_curve"] = lr_curve(store.work / specs[cell.name]["held_out"][0]
+                                                / "runs", rows["held_out"]["lr"])  # fmt: skip
+        copies = {"in force": {"losses": in_force, "mean": statistics.fmean(in_force),
+                               "sd": statistics.stdev(in_force)},
+                  "final": rows["copies"]}  # fmt: skip
+        rule = min(copies, key=lambda k: copies[k]["mean"])
+        out["cells"][cell.name] = {"batch": cell.batch, "copies": copies, "rule": rule,
+                                   "held_out": rows["held_out"]}  # fmt: skip
+        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def batch_rules(model: str) -> dict:
+    """batch_rule's file (empty before it has run)."""
+    path = STORE / model / "batch-rule.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def fit_choices(model: str) -> dict:
     """fit_choice's file (empty before it has run)."""
     path = STORE / model / "fit-choice.json"
@@ -985,6 +1057,9 @@ POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)")
               ("power-wide", f"Power (fit, tail and LR scale on width-{WIDE_PROXY} proxies)"),
               ("power-fitchoice", f"Power (the {BASE}- or {WIDE_PROXY}-wide fit, tail and LR "
                                   f"scale chosen on width-{WIDE_PROXY} copies)"),
+              ("power-heldbatch", "Power (that row, beta held at the schedule's final batch)"),
+              ("power-batchrule", f"Power (that row, batch rule chosen on width-{WIDE_PROXY} "
+                                  "copies)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
@@ -1013,10 +1088,11 @@ def proxy_choices(model: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def cell_result(model: str, cell: Cell, choices: dict, wide: dict, fits: dict) -> dict | None:
+def cell_result(model: str, cell: Cell, choices: dict, wide: dict, fits: dict,
+                rules: dict | None = None) -> dict | None:  # fmt: skip
     """The cell's stored result with the proxy-chosen rows that ``choices`` (the model's
-    ``proxy_choices``), ``wide`` (its ``wide_choices``) and ``fits`` (its ``fit_choices``)
-    give it; None before the cell has run."""
+    ``proxy_choices``), ``wide`` (its ``wide_choices``), ``fits`` (its ``fit_choices``) and
+    ``rules`` (its ``batch_rules``) give it; None before the cell has run."""
     file = STORE / model / cell.name / "cell.json"
     if not file.is_file():
         return None
@@ -1025,7 +1101,17 @@ def cell_result(model: str, cell: Cell, choices: dict, wide: dict, fits: dict) -
     if held_out:
         result = {**result, "power-wide": held_out}
     chosen = fits.get("cells", {}).get(cell.name, {}).get("held_out")
-    return {**result, "power-fitchoice": chosen} if chosen else result
+    if not chosen:
+        return result
+    result = {**result, "power-fitchoice": chosen}
+    if not (rules or {}).get("cells"):
+        return result
+    rule = rules["cells"].get(cell.name)
+    if rule is None:  # a constant batch: both rules are the fit choice's row
+        return {**result, "power-batchrule": chosen} if cell.schedule is None else result
+    held = rule["held_out"]
+    return {**result, "power-heldbatch": held,
+            "power-batchrule": held if rule["rule"] == "final" else chosen}  # fmt: skip
 
 
 def proxy_choice_text(name: str, choice: dict) -> str:
@@ -1106,8 +1192,9 @@ def report(models: list[str]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found, by_cell = [], {}
         proxy_choice, wide, fits = proxy_choices(model), wide_choices(model), fit_choices(model)
+        rules = batch_rules(model)
         for cell in CELLS:
-            result = cell_result(model, cell, proxy_choice, wide, fits)
+            result = cell_result(model, cell, proxy_choice, wide, fits, rules)
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
             start += f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
             if result is None:
@@ -1155,6 +1242,14 @@ def report(models: list[str]) -> str:
                           + f"; tail {entry['held_out']['fraction']:g}, "
                           f"x{entry['held_out']['scale']:g})"
                           for name, entry in chosen_fits.items()) + "."]  # fmt: skip
+        if rules.get("cells"):
+            lines += ["", "Batch rule chosen on the same copies (`--phases batch-rule`: that "
+                      "row with beta held at the schedule's final batch, "
+                      "`--lr-power-batch-size`, against beta from the batch in force; mean "
+                      "loss ± seed sd): " + "; ".join(
+                          f"{name} {entry['rule']} (" + ", ".join(
+                              f"{rule} {fmt(row)}" for rule, row in entry["copies"].items())
+                          + ")" for name, entry in rules["cells"].items()) + "."]  # fmt: skip
         for name, entry in wide.get("cells", {}).items():
             if "probe" in entry and name in by_cell:
                 best = ratios(by_cell[name])["best"]
@@ -1423,7 +1518,8 @@ def plot(models: list[str], data: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    choices = {m: (proxy_choices(m), wide_choices(m), fit_choices(m)) for m in models}
+    choices = {m: (proxy_choices(m), wide_choices(m), fit_choices(m), batch_rules(m))
+               for m in models}  # fmt: skip
     results = {(m, c.name): r for m in models for c in CELLS
                if c.data == data and (r := cell_result(m, c, *choices[m])) is not None}  # fmt: skip
     widths = {m: json.loads(f.read_text()) for m in models
@@ -1507,9 +1603,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
         for data in args.width_data if "width-more" in args.phases else []:
             for param in MORE_PARAMS:
                 more_widths(store, model, data, text_flags() if data == "text" else "", param)
-        if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice"} & set(
-            args.phases
-        ):
+        if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
+                "batch-rule"} & set(args.phases):  # fmt: skip
             continue
         fitted = fit(store, model)
         tail = fit_tail(store, model, fitted)
@@ -1521,6 +1616,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             wide_probe(store, model, cells, tail, text_flags)
         if "fit-choice" in args.phases:
             fit_choice(store, model, cells, fitted, tail, text_flags)
+        if "batch-rule" in args.phases:
+            batch_rule(store, model, cells, fitted, text_flags)
         if "cells" not in args.phases:
             continue
         long_fit = None
@@ -1539,7 +1636,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
-              "width", "width-more"]  # fmt: skip
+              "batch-rule", "width", "width-more"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip

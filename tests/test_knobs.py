@@ -40,6 +40,7 @@ NON_DEFAULT = {
     "lr_power_b": -0.4,
     "lr_power_reference_seq_length": 2048,
     "lr_power_batch_exponent": 0.7,
+    "lr_power_batch_size": 4 * BATCH,  # beta held at another batch than the one in force
     "lr_decay_half_life_steps": 12,
 }
 WSD_S = {"lr_decay_style": "WSD", "wsd_decay_steps": 20, "lr_wsd_cycle_steps": (200, 400)}

@@ -539,7 +539,8 @@ POWER_B_RANGE = (-0.8, -0.1)
 SCHEDULE_DESTS = (
     "lr_decay_style", "lr_wsd_decay_style", "lr_wsd_decay_iters", "lr_wsd_decay_samples",
     "lr_wsd_decay_fraction", "lr_wsd_cycle_iters", "lr_wsd_cycle_samples", "lr_power_a",
-    "lr_power_b", "lr_power_batch_exponent", "lr_decay_iters", "lr_decay_samples",
+    "lr_power_b", "lr_power_batch_exponent", "lr_power_batch_size", "lr_decay_iters",
+    "lr_decay_samples",
     "lr_branch_decay_start_iters", "lr_branch_decay_start_samples", "lr_branch_decay_iters",
     "lr_branch_decay_samples", "lr_branch_decay_style", "lr_decay_half_life_iters",
     "lr_decay_half_life_samples",

@@ -9,6 +9,11 @@ sequence length: a run at seq 2048 with 2048 sequences per batch has beta = 1024
 same as the paper's 1024 x 4096 batch. ``c`` (``batch_exponent``) is 1 in the paper,
 which assumes the optimal LR is linear in batch size; a sweep can fit another value.
 
+``held_batch_tokens`` counts beta from one fixed batch instead of the batch in force.
+Under a batch-size ramp the batch in force starts small, so the law's LR starts that
+much lower; cosine and WSD keep one LR through the ramp. Holding beta at the ramp's
+final batch gives Power the same: its LR then depends on tokens only.
+
 The law needs no total-token budget: the LR depends only on tokens seen and the batch.
 
 The paper's setting (a=4, b=-0.51, cap 0.02) at 1024 x 4096 tokens per step: about
@@ -41,6 +46,7 @@ class PowerLaw:
     b: float = PAPER_B
     reference_seq_length: int = PAPER_REFERENCE_SEQ_LENGTH
     batch_exponent: float = 1.0
+    held_batch_tokens: float | None = None  # beta from this batch, not the one in force
 
     def __post_init__(self) -> None:
         if not self.a > 0:
@@ -53,19 +59,24 @@ class PowerLaw:
             )
         if not self.batch_exponent > 0:
             raise ValueError(f"lr_power_batch_exponent: must be > 0, got {self.batch_exponent}")
+        if self.held_batch_tokens is not None and not self.held_batch_tokens > 0:
+            raise ValueError(f"lr_power_batch_size: must be > 0, got {self.held_batch_tokens}")
 
     def beta(self, batch_tokens: float) -> float:
         """Global batch size in reference sequences (the paper's beta)."""
         return batch_tokens / self.reference_seq_length
 
     def lr(self, tokens: float, batch_tokens: float, max_lr: float) -> float:
-        """The law at ``tokens`` seen with ``batch_tokens`` per step, capped at ``max_lr``.
+        """The law at ``tokens`` seen with ``batch_tokens`` per step (or the held batch),
+        capped at ``max_lr``.
 
         At ``tokens <= 0`` the law is infinite (b < 0), so the cap applies; ``0**b`` is
         never evaluated.
         """
         if tokens <= 0:
             return max_lr
+        if self.held_batch_tokens is not None:
+            batch_tokens = self.held_batch_tokens
         if batch_tokens <= 0:
             raise ValueError(f"batch_tokens: must be > 0 once tokens are seen, got {batch_tokens}")
         beta = batch_tokens / self.reference_seq_length
@@ -76,5 +87,7 @@ class PowerLaw:
 
     def tokens_at_cap(self, batch_tokens: float, max_lr: float) -> float:
         """Tokens after which the law drops below ``max_lr`` (the end of the capped phase)."""
+        if self.held_batch_tokens is not None:
+            batch_tokens = self.held_batch_tokens
         scale = math.pow(self.beta(batch_tokens), self.batch_exponent) * self.a
         return math.pow(max_lr / scale, 1.0 / self.b)

@@ -38,6 +38,7 @@ STABLE_PHASE_STYLES = ("constant", "WSD", "power")
 #: Knobs only the power style reads: given with another style, they would do nothing.
 POWER_ONLY = (
     "lr_power_a", "lr_power_b", "lr_power_reference_seq_length", "lr_power_batch_exponent",
+    "lr_power_batch_size",
 )  # fmt: skip
 
 
@@ -178,6 +179,14 @@ class ScheduleSettings:
         flag="--lr-power-batch-exponent",
         check=POSITIVE,
         pretrain_flag="--lr-power-batch-exponent",
+    )
+    lr_power_batch_size: int | None = knob(
+        None,
+        "beta from this global batch size (samples), not the batch in force: under a batch "
+        "ramp, give the final batch so the LR does not start low (default: in force).",
+        flag="--lr-power-batch-size",
+        check=POSITIVE_COUNT,
+        pretrain_flag="--lr-power-batch-size",
     )
     lr_decay_half_life_steps: int | None = knob(
         None,
@@ -349,6 +358,11 @@ class ScheduleSettings:
             self.lr_power_b,
             self.lr_power_reference_seq_length,
             self.lr_power_batch_exponent,
+            held_batch_tokens=(
+                None
+                if self.lr_power_batch_size is None
+                else self.lr_power_batch_size * self.unit_per_sample
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -282,6 +282,7 @@ CHANGED_FIELDS = [
     ("lr_power_b", -0.4),
     ("lr_power_reference_seq_length", 2048),
     ("lr_power_batch_exponent", 0.8),
+    ("lr_power_batch_size", 64),
     ("seq_length", 512),
     ("wsd_decay_steps", 256),
     ("lr_wsd_decay_style", "linear"),

@@ -238,13 +238,15 @@ def megatron_lm_version(tree: Path) -> tuple[int, int]:
     return int(major.group(1)), int(minor.group(1))
 
 
-def power_lr_varying_batch(rows: list[dict], lr_max: float, warmup_samples: int) -> list[float]:
+def power_lr_varying_batch(rows: list[dict], lr_max: float, warmup_samples: int,
+                           held_batch: int | None = None) -> list[float]:  # fmt: skip
     """REFERENCE.md section 1 with the batch in force at each step: after each step, n is
-    the tokens seen so far and beta the batch of that step in sequences of 4096 tokens."""
+    the tokens seen so far and beta the batch of that step (or ``held_batch``) in
+    sequences of 4096 tokens."""
     expected, samples = [], 0
     for row in rows:
         samples += row["global_batch_size"]
-        beta = row["global_batch_size"] * SEQ / 4096
+        beta = (held_batch or row["global_batch_size"]) * SEQ / 4096
 
         def law(n: float, beta: float = beta) -> float:
             return min(lr_max, beta * A * n**B)
@@ -254,11 +256,12 @@ def power_lr_varying_batch(rows: list[dict], lr_max: float, warmup_samples: int)
     return expected
 
 
-@pytest.mark.parametrize("form", ["step", "ramp"])
+@pytest.mark.parametrize("form", ["step", "ramp", "step-held-batch"])
 def test_power_follows_the_batch_size_schedule_at_every_step(tree, tmp_path, form):
     """A step batch schedule in tokens (Megatron-LM 0.18+'s own; followed by the plugin on
     0.14-0.17) and a --rampup-batch-size ramp (0.14-0.17; 0.18+ ignores it): Megatron's
-    batch at every step, and Power's LR with that step's beta."""
+    batch at every step, and Power's LR with that step's beta; with --lr-power-batch-size,
+    beta from that batch at every step of the schedule."""
     if form == "ramp" and megatron_lm_version(tree) >= (0, 18):
         # Megatron deprecated the ramp and ignores it: refused, with the same ramp as a step
         # schedule (thresholds in tokens) to give instead.
@@ -273,7 +276,10 @@ def test_power_follows_the_batch_size_schedule_at_every_step(tree, tmp_path, for
                 "--lr-power-a", str(A), "--lr-power-b", str(B),
                 "--lr-warmup-samples", str(warmup), "--train-samples", "64"]  # fmt: skip
     model = without(MODEL, "--train-iters", "--global-batch-size")
-    if form == "step":
+    held_batch = 8 if form == "step-held-batch" else None
+    if held_batch:
+        schedule += ["--lr-power-batch-size", str(held_batch)]
+    if form.startswith("step"):
         batches = ["--step-batch-size-schedule", f"0:2 {8 * SEQ}:4 {16 * SEQ}:8"]
         want = lambda consumed: 2 if consumed < 8 else 4 if consumed < 16 else 8  # noqa: E731
     else:
@@ -286,9 +292,11 @@ def test_power_follows_the_batch_size_schedule_at_every_step(tree, tmp_path, for
         consumed += row["global_batch_size"]
         seen.append(row["global_batch_size"])
     assert len(set(seen)) >= 3 and consumed > 24  # the batch changed, the ramp ended
-    if form == "step":
+    if form.startswith("step"):
         assert consumed == 64  # iterations enough for --train-samples (0.18's own rule)
-    expected = power_lr_varying_batch(data["rows"], lr, warmup)
+    expected = power_lr_varying_batch(data["rows"], lr, warmup, held_batch)
+    if held_batch:  # the held batch changes the LR while the batch in force is smaller
+        assert expected != power_lr_varying_batch(data["rows"], lr, warmup)
     for row, want_lr in zip(data["rows"], expected, strict=True):
         for name, applied in lrs_by_param(row).items():
             assert applied == pytest.approx(want_lr, rel=1e-9), (row["iteration"], name)

@@ -47,6 +47,21 @@ def test_batch_exponent_scales_beta():
     assert law.lr(1e12, 1024 * 4096, max_lr=1.0) == pytest.approx(4 * 32 * 1e12**-0.51)
 
 
+def test_a_held_batch_sets_beta_whatever_batch_is_in_force():
+    """Under a ramp 256 -> 1024 sequences with beta held at 1024, every step has the LR
+    of the final batch: 4 * 1024 * n**-0.51 by hand, at each batch of the ramp."""
+    law = PowerLaw(a=4.0, b=-0.51, held_batch_tokens=1024 * 4096)
+    for batch in (256, 512, 768, 1024):
+        assert law.lr(1e12, batch * 4096, max_lr=1.0) == pytest.approx(
+            4 * 1024 * 1e12**-0.51, rel=1e-12
+        )
+    in_force = PowerLaw(a=4.0, b=-0.51)
+    assert in_force.lr(1e12, 256 * 4096, max_lr=1.0) == pytest.approx(
+        4 * 256 * 1e12**-0.51, rel=1e-12
+    )
+    assert law.tokens_at_cap(256 * 4096, 0.02) == in_force.tokens_at_cap(1024 * 4096, 0.02)
+
+
 def test_reference_length_is_a_setting():
     law = PowerLaw(a=4.0, b=-0.51, reference_seq_length=2048)
     assert law.beta(1024 * 4096) == 2048
@@ -111,6 +126,7 @@ def test_zero_tokens_never_evaluates_zero_to_a_negative_power(monkeypatch, warmu
         (dict(b=0.3), "lr_power_b"),
         (dict(reference_seq_length=0), "lr_power_reference_seq_length"),
         (dict(batch_exponent=0.0), "lr_power_batch_exponent"),
+        (dict(held_batch_tokens=0.0), "lr_power_batch_size"),
     ],
 )
 def test_bad_law_parameters_name_the_field(kwargs, field):
