@@ -34,6 +34,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    2f. the fix the batch-rule cause points to (``--phases batch-rule``): in the cells with
    a batch schedule, that row with beta held at the final batch (Power's LR otherwise runs
    low through a ramp), the rule chosen on the same copies;
+   2g. the fix the text cells point to (``--phases tail-shape``; tuned WSD's best tail
+   there is linear, Power's exponential_e): that row's tail shape chosen on the copies;
 3. muP at width (per model, on the Markov source and on Shakespeare): standard
    parameterisation, plain muP and muP with its base multipliers tuned by
    ``megatron-power mup-tune`` at the base width (each candidate list grown while the
@@ -482,12 +484,13 @@ PROXY_SCALES = [0.5, 1.0, 2.0]
 
 
 def scaled_power(model: str, cell: Cell, report: dict, data_flags: str, fraction: float,
-                 scale: float) -> tuple[SweepSpec, float]:  # fmt: skip
+                 scale: float, shape: str = "exponential_e",
+                 ) -> tuple[SweepSpec, float]:  # fmt: skip
     """Power with the fitted a, b, c, its whole LR x ``scale`` and a tail of ``fraction``
-    in ``cell`` with the cell's seeds; and its cap (the spec's one LR)."""
+    (of ``shape``) in ``cell`` with the cell's seeds; and its cap (the spec's one LR)."""
     cap, flags, _ = power_flags(report, scale)
     extra = f"{MODELS[model]} {MUP} {data_flags} {flags}"
-    return make_spec("power", cell, [cap], extra, cell_seeds(cell), fraction), cap
+    return make_spec("power", cell, [cap], extra, cell_seeds(cell), fraction, shape), cap
 
 
 def proxy_fractions(tail: dict) -> list[float]:
@@ -766,6 +769,79 @@ def batch_rule(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
                                    "held_out": rows["held_out"]}  # fmt: skip
         atomic_write_text(path, json.dumps(out, indent=2) + "\n")
     return out
+
+
+#: Phase 2g, the fix the text cells point to: there tuned WSD's best tail is linear, while
+#: Power's is exponential_e (the paper's). The copies choose the tail's shape too.
+def tail_shape(store: Store, model: str, cells: list[Cell], fitted: dict, text_flags) -> dict:
+    """Phase 2g: on each cell's WIDE_PROXY-wide copies, the batch-rule row (its fit, tail,
+    LR scale and batch rule) with each other shape of WSD_SHAPES; the shape with the lowest
+    mean loss runs in the held-out cell. Nothing held out is looked at."""
+    fits, wide, rules = fit_choices(model), wide_choices(model), batch_rules(model)
+    if not fits.get("cells") or not rules.get("cells"):
+        raise SystemExit("--phases tail-shape: run --phases fit-choice and batch-rule first")
+    wide_fit = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
+    path = STORE / model / "tail-shape.json"
+    out = tail_shapes(model) or {"cells": {}}
+    plans = {}
+    for cell in cells:
+        entry = fits["cells"].get(cell.name)
+        if entry is None:
+            continue
+        width, rule = entry["fit_width"], rules["cells"].get(cell.name, {})
+        fraction, scale = entry["held_out"]["fraction"], entry["held_out"]["scale"]
+        held = rule.get("rule") == "final"
+        data_flags = (text_flags() if cell.data == "text" else "") + (
+            f" --lr-power-batch-size {cell.batch}" if held else "")  # fmt: skip
+        if held:
+            own = rule["copies"]["final"]["losses"]
+        else:
+            choice = wide["cells"][cell.name]["choice"] if width == WIDE_PROXY else (
+                entry["choice"])  # fmt: skip
+            own = choice["scale"]["losses"][f"{scale:g}"]
+        report = wide_fit if width == WIDE_PROXY else fitted
+        key = cell.name.removeprefix(f"w{cell.width}-")
+        tag = (f"fit-w{width}{'' if scale == 1.0 else f'-x{scale:g}'}-tail-{fraction:g}"
+               + ("-held-batch" if held else ""))  # fmt: skip
+        copy = replace(cell, width=WIDE_PROXY)
+        copies = {shape: (f"{model}/tail-shape-w{WIDE_PROXY}/{key}/{tag}-{shape}",
+                          *scaled_power(model, copy, report, data_flags, fraction, scale, shape))
+                  for shape in WSD_SHAPES[1:]}  # fmt: skip
+        for name, spec, _ in copies.values():
+            store.add(name, spec)
+        plans[cell.name] = (cell, report, data_flags, fraction, scale, tag, own, copies)
+    store.run(f"{model}: Power's tail shape on width-{WIDE_PROXY} copies")
+    held_out = {}
+    for name, (cell, report, data_flags, fraction, scale, tag, own, copies) in plans.items():
+        losses = {WSD_SHAPES[0]: own}
+        for shape, (run_name, spec, cap) in copies.items():
+            found = store.losses(run_name, spec)
+            losses[shape] = [found[cap, seed] for seed in cell_seeds(cell)]
+        rows = {shape: {"losses": v, "mean": statistics.fmean(v), "sd": statistics.stdev(v)}
+                for shape, v in losses.items()}  # fmt: skip
+        chosen = min(rows, key=lambda shape: rows[shape]["mean"])
+        out["cells"][name] = {"copies": rows, "shape": chosen, "held_out": None}
+        if chosen != WSD_SHAPES[0]:
+            spec, cap = scaled_power(model, cell, report, data_flags, fraction, scale, chosen)
+            held_out[name] = (f"{model}/{name}/power-{tag}-{chosen}", spec, cap, fraction, scale)
+            store.add(*held_out[name][:2])
+    store.run(f"{model}: held-out cells, Power's tail shape chosen on the copies")
+    for name, (run_name, spec, cap, fraction, scale) in held_out.items():
+        found = store.losses(run_name, spec)
+        losses = [found[cap, seed] for seed in cell_seeds(plans[name][0])]
+        out["cells"][name]["held_out"] = {
+            "lr": cap, "fraction": fraction, "scale": scale, "shape": out["cells"][name]["shape"],
+            "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+            "lr_curve": lr_curve(store.work / run_name / "runs", cap),
+        }  # fmt: skip
+    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def tail_shapes(model: str) -> dict:
+    """tail_shape's file (empty before it has run)."""
+    path = STORE / model / "tail-shape.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def batch_rules(model: str) -> dict:
@@ -1060,6 +1136,8 @@ POWER_ROWS = (("power", "Power (fitted)"), ("power-tail", "Power (fitted tail)")
               ("power-heldbatch", "Power (that row, beta held at the schedule's final batch)"),
               ("power-batchrule", f"Power (that row, batch rule chosen on width-{WIDE_PROXY} "
                                   "copies)"),
+              ("power-shape", f"Power (that row, tail shape chosen on width-{WIDE_PROXY} "
+                              "copies)"),
               ("paper", "paper a=4 b=-0.51"))  # fmt: skip
 
 
@@ -1089,10 +1167,11 @@ def proxy_choices(model: str) -> dict:
 
 
 def cell_result(model: str, cell: Cell, choices: dict, wide: dict, fits: dict,
-                rules: dict | None = None) -> dict | None:  # fmt: skip
+                rules: dict | None = None, shapes: dict | None = None) -> dict | None:  # fmt: skip
     """The cell's stored result with the proxy-chosen rows that ``choices`` (the model's
-    ``proxy_choices``), ``wide`` (its ``wide_choices``), ``fits`` (its ``fit_choices``) and
-    ``rules`` (its ``batch_rules``) give it; None before the cell has run."""
+    ``proxy_choices``), ``wide`` (its ``wide_choices``), ``fits`` (its ``fit_choices``),
+    ``rules`` (its ``batch_rules``) and ``shapes`` (its ``tail_shapes``) give it; None
+    before the cell has run."""
     file = STORE / model / cell.name / "cell.json"
     if not file.is_file():
         return None
@@ -1108,10 +1187,17 @@ def cell_result(model: str, cell: Cell, choices: dict, wide: dict, fits: dict,
         return result
     rule = rules["cells"].get(cell.name)
     if rule is None:  # a constant batch: both rules are the fit choice's row
-        return {**result, "power-batchrule": chosen} if cell.schedule is None else result
-    held = rule["held_out"]
-    return {**result, "power-heldbatch": held,
-            "power-batchrule": held if rule["rule"] == "final" else chosen}  # fmt: skip
+        if cell.schedule is not None:
+            return result
+        result = {**result, "power-batchrule": chosen}
+    else:
+        held = rule["held_out"]
+        result = {**result, "power-heldbatch": held,
+                  "power-batchrule": held if rule["rule"] == "final" else chosen}  # fmt: skip
+    shape = (shapes or {}).get("cells", {}).get(cell.name)
+    if shape is None:
+        return result
+    return {**result, "power-shape": shape["held_out"] or result["power-batchrule"]}
 
 
 def proxy_choice_text(name: str, choice: dict) -> str:
@@ -1192,9 +1278,9 @@ def report(models: list[str]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found, by_cell = [], {}
         proxy_choice, wide, fits = proxy_choices(model), wide_choices(model), fit_choices(model)
-        rules = batch_rules(model)
+        rules, shapes = batch_rules(model), tail_shapes(model)
         for cell in CELLS:
-            result = cell_result(model, cell, proxy_choice, wide, fits, rules)
+            result = cell_result(model, cell, proxy_choice, wide, fits, rules, shapes)
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
             start += f"{cell.tokens:,} | {cell.schedule or cell.batch} | "
             if result is None:
@@ -1250,6 +1336,12 @@ def report(models: list[str]) -> str:
                           f"{name} {entry['rule']} (" + ", ".join(
                               f"{rule} {fmt(row)}" for rule, row in entry["copies"].items())
                           + ")" for name, entry in rules["cells"].items()) + "."]  # fmt: skip
+        if shapes.get("cells"):
+            lines += ["", "Tail shape chosen on the same copies (`--phases tail-shape`: that "
+                      "row with each decay shape; mean loss ± seed sd): " + "; ".join(
+                          f"{name} {entry['shape']} (" + ", ".join(
+                              f"{shape} {fmt(row)}" for shape, row in entry["copies"].items())
+                          + ")" for name, entry in shapes["cells"].items()) + "."]  # fmt: skip
         for name, entry in wide.get("cells", {}).items():
             if "probe" in entry and name in by_cell:
                 best = ratios(by_cell[name])["best"]
@@ -1518,8 +1610,8 @@ def plot(models: list[str], data: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    choices = {m: (proxy_choices(m), wide_choices(m), fit_choices(m), batch_rules(m))
-               for m in models}  # fmt: skip
+    choices = {m: (proxy_choices(m), wide_choices(m), fit_choices(m), batch_rules(m),
+                   tail_shapes(m)) for m in models}  # fmt: skip
     results = {(m, c.name): r for m in models for c in CELLS
                if c.data == data and (r := cell_result(m, c, *choices[m])) is not None}  # fmt: skip
     widths = {m: json.loads(f.read_text()) for m in models
@@ -1604,7 +1696,7 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             for param in MORE_PARAMS:
                 more_widths(store, model, data, text_flags() if data == "text" else "", param)
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
-                "batch-rule"} & set(args.phases):  # fmt: skip
+                "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
         fitted = fit(store, model)
         tail = fit_tail(store, model, fitted)
@@ -1618,6 +1710,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             fit_choice(store, model, cells, fitted, tail, text_flags)
         if "batch-rule" in args.phases:
             batch_rule(store, model, cells, fitted, text_flags)
+        if "tail-shape" in args.phases:
+            tail_shape(store, model, cells, fitted, text_flags)
         if "cells" not in args.phases:
             continue
         long_fit = None
@@ -1636,7 +1730,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
-              "batch-rule", "width", "width-more"]  # fmt: skip
+              "batch-rule", "tail-shape", "width", "width-more"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
