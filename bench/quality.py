@@ -125,7 +125,9 @@ class Pool:
     def add(self, path: Path, spec: SweepSpec) -> None:
         sweep = SweepDir(path)
         sweep.record_spec(spec)  # a changed spec is refused, never mixed with old runs
-        self.jobs += [(sweep, spec, i) for i in sweep.pending(spec, retry_failed=False)]
+        queued = {(job[0].path, job[2]) for job in self.jobs}  # cells may share a sweep
+        self.jobs += [(sweep, spec, i) for i in sweep.pending(spec, retry_failed=False)
+                      if (sweep.path, i) not in queued]  # fmt: skip
 
     def run(self, what: str) -> None:
         """The queued runs, longest first, one per slot, with a progress bar."""
