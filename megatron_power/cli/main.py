@@ -81,10 +81,49 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     return set(vars(namespace)) - set(parser._defaults)
 
 
+#: Flags that take several occurrences by design (--sbatch-option, --help).
+REPEATABLE = (argparse._AppendAction, argparse._CountAction, argparse._HelpAction,
+              argparse._VersionAction, argparse._SubParsersAction)  # fmt: skip
+
+
+def repeated_flag(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """One line for the first flag ``argv`` gives twice with different values, else None:
+    argparse keeps the last value, so the first would be silently ignored."""
+    seen: dict[str, tuple[str, object]] = {}
+    repeats: list[str] = []
+    swapped = []
+
+    def recording(cls: type) -> type:
+        class Recording(cls):  # type: ignore[misc, valid-type]
+            def __call__(self, parser, namespace, values, option_string=None):
+                if self.dest in seen and seen[self.dest][1] != values and not repeats:
+                    first, before = seen[self.dest]
+                    repeats.append(f"{option_string}: given twice ({first} {before}, then "
+                                   f"{option_string} {values}); give it once")  # fmt: skip
+                seen.setdefault(self.dest, (option_string, values))
+                super().__call__(parser, namespace, values, option_string)
+
+        return Recording
+
+    try:
+        for action in parser._actions:
+            if action.option_strings and not isinstance(action, REPEATABLE):
+                swapped.append((action, type(action)))
+                action.__class__ = recording(type(action))
+        parser.parse_known_args(argv)
+    finally:
+        for action, cls in swapped:
+            action.__class__ = cls
+    return repeats[0] if repeats else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parse(parser, argv)
+    repeated = repeated_flag(tool_parser(parser, args.tool), argv[argv.index(args.tool) + 1 :])
+    if repeated:  # the user's own flags (the embedded default below may be overridden)
+        tool_parser(parser, args.tool).error(repeated)
     if getattr(args, "lr", "") is None and hasattr(args, "embedded_default"):
         # No schedule given: run the tool's embedded default, keeping the user's other flags.
         command_index = argv.index(args.tool)

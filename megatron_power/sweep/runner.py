@@ -140,6 +140,18 @@ class SweepSpec:
                 raise ValueError(f"{flag}: {error} in {text!r}") from None
         set_by_template = {w.split("=")[0] for w in words["--command"] if w.startswith("--")}
         extra = words["--extra-args"]
+        given: dict[str, list[str]] = {}
+        for index, word in enumerate(extra):
+            if not word.startswith("--"):
+                continue
+            flag, _, inline = word.partition("=")
+            following = itertools.takewhile(lambda w: not w.startswith("--"), extra[index + 1 :])
+            values = [inline] if inline else list(following)
+            if given.setdefault(flag, values) != values:
+                raise ValueError(
+                    f"--extra-args: {flag} is given twice ({' '.join(given[flag])}, then "
+                    f"{' '.join(values)}; the run would take the last); give it once"
+                )
         for word in extra:
             if word.split("=")[0] in set_by_template:
                 raise ValueError(

@@ -21,6 +21,19 @@ FLAGS = [
 ]  # fmt: skip
 
 
+def replaced(flags: list[str], extra: list[str]) -> list[str]:
+    """``flags`` with each flag of ``extra`` (and its values) replaced by ``extra``'s: a
+    flag given twice is refused, so a test's changed value must replace the first."""
+    changed = {word for word in extra if word.startswith("--")}
+    kept, skipping = [], False
+    for word in flags:
+        if word.startswith("--"):
+            skipping = word in changed
+        if not skipping:
+            kept.append(word)
+    return kept + extra
+
+
 def run_cli(args, capsys):
     code = main(args)
     captured = capsys.readouterr()
@@ -140,7 +153,7 @@ def test_embedded_default_is_the_papers_schedule(capsys):
 )
 def test_usage_errors_are_one_line_and_exit_2(extra, flag):
     result = subprocess.run(
-        [sys.executable, "-m", "megatron_power.cli.main", "schedule", *FLAGS, *extra],
+        [sys.executable, "-m", "megatron_power.cli.main", "schedule", *replaced(FLAGS, extra)],
         capture_output=True,
         text=True,
         check=False,
@@ -149,3 +162,17 @@ def test_usage_errors_are_one_line_and_exit_2(extra, flag):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert flag in lines[0]
+
+
+def test_a_flag_repeated_with_its_own_value_is_the_flag_given_once(capsys):
+    """Scripts that compose flags may repeat one; only a changed value is refused."""
+    once = run_cli(["schedule", *FLAGS, "--format", "csv"], capsys)
+    twice = run_cli(["schedule", *FLAGS, "--lr-power-a", "4", "--format", "csv"], capsys)
+    assert once[0] == twice[0] == 0 and once[1] == twice[1]
+    with pytest.raises(SystemExit) as refused:  # a usage error, as argparse's own
+        main(["schedule", *FLAGS, "--lr-power-a", "5", "--format", "csv"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "megatron-power schedule: error: --lr-power-a: given twice "
+        "(--lr-power-a 4.0, then --lr-power-a 5.0); give it once"
+    )
