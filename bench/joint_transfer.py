@@ -988,10 +988,23 @@ def width_row(store: Store, model: str, data: str, param: str, extra: str, centr
     }  # fmt: skip
 
 
+def merged_flags(text: str) -> str:
+    """``text``'s flags, each once: a later value replaces an earlier one in its place
+    (pretrain refuses a flag given twice with different values)."""
+    flags: dict[str, list[str]] = {}
+    for word in text.split():
+        if word.startswith("--"):
+            current = flags[word] = []
+        else:
+            current.append(word)
+    return " ".join(" ".join([flag, *values]) for flag, values in flags.items())
+
+
 def param_flags(tune: dict) -> dict[str, str]:
-    """The width phases' parameterisations and their flags; ``tune``: mup-tune's result."""
+    """The width phases' parameterisations and their flags; ``tune``: mup-tune's result
+    (its multipliers replace the embedded model's)."""
     tuned = tune["flags"].replace(f"--mup-base-hidden-size {BASE}", "").strip()
-    return {"SP": "--no-mup", "muP": MUP, "muP tuned": f"{MUP} {tuned}"}
+    return {"SP": "--no-mup", "muP": MUP, "muP tuned": merged_flags(f"{MUP} {tuned}")}
 
 
 def width_phase(store: Store, model: str, data: str, data_flags: str) -> dict:

@@ -91,7 +91,7 @@ def test_local_sweep_records_results_and_failures_and_resumes(tmp_path, proxy_ar
     assert len(list((sweep / "results").glob("*.attempt-*.json"))) == 2  # kept, not lost
     assert len((sweep / "results.jsonl").read_text().splitlines()) == 10
 
-    bigger = megatron_power("sweep", "--sweep-dir", sweep, *grid[:-2], "--lrs", 0.0025,
+    bigger = megatron_power("sweep", "--sweep-dir", sweep, "--lrs", 0.0025, *grid[1:-2],
                             "--command", grid[-1])  # fmt: skip
     assert "2 to run" in bigger.stdout  # a grown grid runs only its new cells
 

@@ -162,7 +162,7 @@ def test_ctrl_c_of_the_sweep_ends_its_runs_and_starts_no_queued_one(custom):
     [(command_pid, child_pid)] = started(sweep, 1)
     first.send_signal(signal.SIGINT)  # the sweep alone (a terminal's Ctrl-C reaches the runs too)
     try:
-        output, _ = first.communicate(timeout=60)  # not after the blocked run's 300 s
+        output, _ = first.communicate(timeout=120)  # not after the blocked run's 300 s
     finally:  # nothing left behind if it hung: the sweep's group, the command's (and child's)
         for group in (first.pid, command_pid):
             with contextlib.suppress(ProcessLookupError):
