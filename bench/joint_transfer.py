@@ -563,7 +563,7 @@ def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, tail:
     """proxy_tail for ``cells`` (all proxies first: they are cheap), then each cell's
     proxy_tuned run; kept beside the earlier cells' choices."""
     path = STORE / model / "proxy-tail.json"
-    out = proxy_choices(model)
+    out = stored(model, "proxy-tail")
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
         out[cell.name] = proxy_tail(store, model, cell, report, tail, data_flags)
@@ -587,7 +587,7 @@ def wide_proxies(store: Store, model: str, cells: list[Cell], tail: dict, text_f
     fit, tail and scale in the held-out cell."""
     report = fit(store, model, f"fit-w{WIDE_PROXY}", width=WIDE_PROXY)
     path = STORE / model / "wide-proxies.json"
-    out = wide_choices(model) or {"cells": {}}
+    out = stored(model, "wide-proxies") or {"cells": {}}
     out["flags"] = report["flags"]
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
@@ -633,7 +633,7 @@ def wide_probe(store: Store, model: str, cells: list[Cell], tail: dict, text_fla
     """Phase 2d: in each of ``cells`` whose width-64 row misses worst_target, that row's
     fit with each tail (the copies' choice, the proxies' fitted tail) x WIDE_PROBE_SCALES:
     whether the miss is the LR level or the tail."""
-    out = wide_choices(model)
+    out = stored(model, "wide-proxies")
     if "flags" not in out:
         raise SystemExit("--phases wide-probe: run --phases wide-proxies first")
     report = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
@@ -683,7 +683,7 @@ def fit_choice(store: Store, model: str, cells: list[Cell], fitted: dict, tail: 
     then LR scale (proxy_tail) beside the width-64 fit's (wide_proxies' choice); the fit
     whose best tail (x1) has the lower mean loss, with its tail and scale, runs in the
     held-out cell. Nothing held out is looked at."""
-    wide = wide_choices(model)
+    wide = stored(model, "wide-proxies")
     if "flags" not in wide:
         raise SystemExit("--phases fit-choice: run --phases wide-proxies first")
     path = STORE / model / "fit-choice.json"
@@ -708,6 +708,32 @@ def fit_choice(store: Store, model: str, cells: list[Cell], fitted: dict, tail: 
     return out
 
 
+@dataclass(frozen=True)
+class ChosenRow:
+    """The fit-choice row of one cell: its fit's report, tail, LR scale, the name part of
+    its runs, and its copies' losses (the seeds of the chosen fit, tail and scale)."""
+
+    report: dict
+    fraction: float
+    scale: float
+    tag: str
+    copies_losses: list[float]
+
+
+def chosen_row(model: str, cell: Cell, fitted: dict) -> ChosenRow:
+    """The fit-choice row of ``cell`` (needs ``--phases fit-choice``)."""
+    entry = stored(model, "fit-choice")["cells"][cell.name]
+    width, fraction = entry["fit_width"], entry["held_out"]["fraction"]
+    scale = entry["held_out"]["scale"]
+    if width == WIDE_PROXY:
+        choice = stored(model, "wide-proxies")["cells"][cell.name]["choice"]
+        report = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
+    else:
+        choice, report = entry["choice"], fitted
+    tag = f"fit-w{width}{'' if scale == 1.0 else f'-x{scale:g}'}-tail-{fraction:g}"
+    return ChosenRow(report, fraction, scale, tag, choice["scale"]["losses"][f"{scale:g}"])
+
+
 #: Phase 2f, the fix the batch-rule cause points to: under a batch schedule Power's beta
 #: follows the small early batch, so its LR runs low through the ramp while tuned cosine and
 #: WSD keep one LR. The alternative holds beta at the schedule's final batch
@@ -717,29 +743,26 @@ def batch_rule(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
     LR scale) with beta held at the final batch, on the cell's WIDE_PROXY-wide copies and in
     the held-out cell; the copies' mean loss against the in-force rule's (the fit choice's
     own copies) picks the cell's rule. Nothing held out is looked at."""
-    fits, wide = fit_choices(model), wide_choices(model)
-    if not fits.get("cells"):
+    if not stored(model, "fit-choice").get("cells"):
         raise SystemExit("--phases batch-rule: run --phases fit-choice first")
-    wide_fit = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
     path = STORE / model / "batch-rule.json"
-    out = batch_rules(model) or {"cells": {}}
-    specs = {}
+    out = stored(model, "batch-rule") or {"cells": {}}
+    specs, rows_of = {}, {}
     for cell in cells:
-        entry = fits["cells"].get(cell.name)
-        if cell.schedule is None or entry is None:
+        if cell.schedule is None or cell.name not in stored(model, "fit-choice")["cells"]:
             continue  # a constant batch is its own final batch: the rules are one
-        width, held = entry["fit_width"], f"--lr-power-batch-size {cell.batch}"
-        fraction, scale = entry["held_out"]["fraction"], entry["held_out"]["scale"]
+        row = rows_of[cell.name] = chosen_row(model, cell, fitted)
+        held = f"--lr-power-batch-size {cell.batch}"
         data_flags = f"{text_flags() if cell.data == 'text' else ''} {held}"
-        report = wide_fit if width == WIDE_PROXY else fitted
         key = cell.name.removeprefix(f"w{cell.width}-")
-        tag = f"fit-w{width}{'' if scale == 1.0 else f'-x{scale:g}'}-tail-{fraction:g}"
         copy = replace(cell, width=WIDE_PROXY)
         specs[cell.name] = {
-            "copies": (f"{model}/batch-rule-w{WIDE_PROXY}/{key}/{tag}-held-batch",
-                       *scaled_power(model, copy, report, data_flags, fraction, scale)),
-            "held_out": (f"{model}/{cell.name}/power-{tag}-held-batch",
-                         *scaled_power(model, cell, report, data_flags, fraction, scale)),
+            "copies": (f"{model}/batch-rule-w{WIDE_PROXY}/{key}/{row.tag}-held-batch",
+                       *scaled_power(model, copy, row.report, data_flags, row.fraction,
+                                     row.scale)),
+            "held_out": (f"{model}/{cell.name}/power-{row.tag}-held-batch",
+                         *scaled_power(model, cell, row.report, data_flags, row.fraction,
+                                       row.scale)),
         }  # fmt: skip
         for name, spec, _ in specs[cell.name].values():
             store.add(name, spec)
@@ -747,16 +770,12 @@ def batch_rule(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
     for cell in cells:
         if cell.name not in specs:
             continue
-        entry = fits["cells"][cell.name]
-        choice = wide["cells"][cell.name]["choice"] if entry["fit_width"] == WIDE_PROXY else (
-            entry["choice"])  # fmt: skip
-        scale = entry["held_out"]["scale"]
-        in_force = choice["scale"]["losses"][f"{scale:g}"]
+        row, in_force = rows_of[cell.name], rows_of[cell.name].copies_losses
         rows = {}
         for where, (name, spec, cap) in specs[cell.name].items():
             found = store.losses(name, spec)
             losses = [found[cap, seed] for seed in cell_seeds(cell)]
-            rows[where] = {"lr": cap, "fraction": entry["held_out"]["fraction"], "scale": scale,
+            rows[where] = {"lr": cap, "fraction": row.fraction, "scale": row.scale,
                            "losses": losses, "mean": statistics.fmean(losses),
                            "sd": statistics.stdev(losses)}  # fmt: skip
         rows["held_out"]["lr_curve"] = lr_curve(store.work / specs[cell.name]["held_out"][0]
@@ -777,32 +796,23 @@ def tail_shape(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
     """Phase 2g: on each cell's WIDE_PROXY-wide copies, the batch-rule row (its fit, tail,
     LR scale and batch rule) with each other shape of WSD_SHAPES; the shape with the lowest
     mean loss runs in the held-out cell. Nothing held out is looked at."""
-    fits, wide, rules = fit_choices(model), wide_choices(model), batch_rules(model)
+    fits, rules = stored(model, "fit-choice"), stored(model, "batch-rule")
     if not fits.get("cells") or not rules.get("cells"):
         raise SystemExit("--phases tail-shape: run --phases fit-choice and batch-rule first")
-    wide_fit = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
     path = STORE / model / "tail-shape.json"
-    out = tail_shapes(model) or {"cells": {}}
+    out = stored(model, "tail-shape") or {"cells": {}}
     plans = {}
     for cell in cells:
-        entry = fits["cells"].get(cell.name)
-        if entry is None:
+        if cell.name not in fits["cells"]:
             continue
-        width, rule = entry["fit_width"], rules["cells"].get(cell.name, {})
-        fraction, scale = entry["held_out"]["fraction"], entry["held_out"]["scale"]
+        row, rule = chosen_row(model, cell, fitted), rules["cells"].get(cell.name, {})
         held = rule.get("rule") == "final"
         data_flags = (text_flags() if cell.data == "text" else "") + (
             f" --lr-power-batch-size {cell.batch}" if held else "")  # fmt: skip
-        if held:
-            own = rule["copies"]["final"]["losses"]
-        else:
-            choice = wide["cells"][cell.name]["choice"] if width == WIDE_PROXY else (
-                entry["choice"])  # fmt: skip
-            own = choice["scale"]["losses"][f"{scale:g}"]
-        report = wide_fit if width == WIDE_PROXY else fitted
+        own = rule["copies"]["final"]["losses"] if held else row.copies_losses
+        report, fraction, scale = row.report, row.fraction, row.scale
         key = cell.name.removeprefix(f"w{cell.width}-")
-        tag = (f"fit-w{width}{'' if scale == 1.0 else f'-x{scale:g}'}-tail-{fraction:g}"
-               + ("-held-batch" if held else ""))  # fmt: skip
+        tag = row.tag + ("-held-batch" if held else "")
         copy = replace(cell, width=WIDE_PROXY)
         copies = {shape: (f"{model}/tail-shape-w{WIDE_PROXY}/{key}/{tag}-{shape}",
                           *scaled_power(model, copy, report, data_flags, fraction, scale, shape))
@@ -838,27 +848,14 @@ def tail_shape(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
     return out
 
 
-def tail_shapes(model: str) -> dict:
-    """tail_shape's file (empty before it has run)."""
-    path = STORE / model / "tail-shape.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+#: The phases whose choices give a cell its chosen rows, in cell_result's order.
+CHOICE_PHASES = ("proxy-tail", "wide-proxies", "fit-choice", "batch-rule", "tail-shape")
 
 
-def batch_rules(model: str) -> dict:
-    """batch_rule's file (empty before it has run)."""
-    path = STORE / model / "batch-rule.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def fit_choices(model: str) -> dict:
-    """fit_choice's file (empty before it has run)."""
-    path = STORE / model / "fit-choice.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def wide_choices(model: str) -> dict:
-    """wide_proxies' file (empty before it has run)."""
-    path = STORE / model / "wide-proxies.json"
+def stored(model: str, phase: str) -> dict:
+    """A phase's choices file under the model's store (fit-choice, batch-rule, tail-shape,
+    wide-proxies, proxy-tail); empty before the phase has run."""
+    path = STORE / model / f"{phase}.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -1173,17 +1170,11 @@ def with_proxy_tail(result: dict, choice: dict | None) -> dict:
     return out
 
 
-def proxy_choices(model: str) -> dict:
-    """{cell name: what its width-32 proxies chose} (proxy_tails' file; empty before)."""
-    path = STORE / model / "proxy-tail.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def cell_result(model: str, cell: Cell, choices: dict, wide: dict, fits: dict,
                 rules: dict | None = None, shapes: dict | None = None) -> dict | None:  # fmt: skip
     """The cell's stored result with the proxy-chosen rows that ``choices`` (the model's
-    ``proxy_choices``), ``wide`` (its ``wide_choices``), ``fits`` (its ``fit_choices``),
-    ``rules`` (its ``batch_rules``) and ``shapes`` (its ``tail_shapes``) give it; None
+    proxy-tail file), ``wide`` (its wide-proxies), ``fits`` (its fit-choice), ``rules``
+    (its batch-rule) and ``shapes`` (its tail-shape; CHOICE_PHASES, in order) give it; None
     before the cell has run."""
     file = STORE / model / cell.name / "cell.json"
     if not file.is_file():
@@ -1290,8 +1281,7 @@ def report(models: list[str]) -> str:
         header += ["Power LR scale probe: best x (loss / x1)"]
         lines += ["| " + " | ".join(header) + " |", "|" + " ---: |" * len(header)]
         found, by_cell = [], {}
-        proxy_choice, wide, fits = proxy_choices(model), wide_choices(model), fit_choices(model)
-        rules, shapes = batch_rules(model), tail_shapes(model)
+        proxy_choice, wide, fits, rules, shapes = (stored(model, p) for p in CHOICE_PHASES)
         for cell in CELLS:
             result = cell_result(model, cell, proxy_choice, wide, fits, rules, shapes)
             start = f"| {cell.name}{' (text)' if cell.data == 'text' else ''} | {cell.width} | "
@@ -1623,8 +1613,7 @@ def plot(models: list[str], data: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    choices = {m: (proxy_choices(m), wide_choices(m), fit_choices(m), batch_rules(m),
-                   tail_shapes(m)) for m in models}  # fmt: skip
+    choices = {m: [stored(m, phase) for phase in CHOICE_PHASES] for m in models}
     results = {(m, c.name): r for m in models for c in CELLS
                if c.data == data and (r := cell_result(m, c, *choices[m])) is not None}  # fmt: skip
     widths = {m: json.loads(f.read_text()) for m in models
