@@ -743,13 +743,14 @@ def batch_rule(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
     LR scale) with beta held at the final batch, on the cell's WIDE_PROXY-wide copies and in
     the held-out cell; the copies' mean loss against the in-force rule's (the fit choice's
     own copies) picks the cell's rule. Nothing held out is looked at."""
-    if not stored(model, "fit-choice").get("cells"):
+    fits = stored(model, "fit-choice")
+    if not fits.get("cells"):
         raise SystemExit("--phases batch-rule: run --phases fit-choice first")
     path = STORE / model / "batch-rule.json"
     out = stored(model, "batch-rule") or {"cells": {}}
     specs, rows_of = {}, {}
     for cell in cells:
-        if cell.schedule is None or cell.name not in stored(model, "fit-choice")["cells"]:
+        if cell.schedule is None or cell.name not in fits["cells"]:
             continue  # a constant batch is its own final batch: the rules are one
         row = rows_of[cell.name] = chosen_row(model, cell, fitted)
         held = f"--lr-power-batch-size {cell.batch}"
