@@ -78,7 +78,13 @@ from quality import Pool, diverged, shakespeare_flags
 
 from megatron_power.files import atomic_write_text
 from megatron_power.schedules.power import PowerLaw
-from megatron_power.sweep.runner import PRETRAIN_TEMPLATE, SweepDir, SweepSpec, run_id
+from megatron_power.sweep.runner import (
+    PRETRAIN_TEMPLATE,
+    SweepDir,
+    SweepSpec,
+    flag_values,
+    run_id,
+)
 
 #: The protocol's size, from the environment variable JOINT_TRANSFER_SCALE: "cpu" (proxies
 #: 32 wide, cells 128 and 256; hours on 2 CPU cores) or "gpu" (the same protocol 8x wider:
@@ -989,12 +995,7 @@ def width_row(store: Store, model: str, data: str, param: str, extra: str, centr
 def merged_flags(text: str) -> str:
     """``text``'s flags, each once: a later value replaces an earlier one in its place
     (pretrain refuses a flag given twice with different values)."""
-    flags: dict[str, list[str]] = {}
-    for word in text.split():
-        if word.startswith("--"):
-            current = flags[word] = []
-        else:
-            current.append(word)
+    flags = dict(flag_values(text.split()))
     return " ".join(" ".join([flag, *values]) for flag, values in flags.items())
 
 

@@ -139,23 +139,18 @@ class SweepSpec:
             except ValueError as error:  # an unbalanced quote
                 raise ValueError(f"{flag}: {error} in {text!r}") from None
         set_by_template = {w.split("=")[0] for w in words["--command"] if w.startswith("--")}
-        extra = words["--extra-args"]
+        extra = flag_values(words["--extra-args"])
         given: dict[str, list[str]] = {}
-        for index, word in enumerate(extra):
-            if not word.startswith("--"):
-                continue
-            flag, _, inline = word.partition("=")
-            following = itertools.takewhile(lambda w: not w.startswith("--"), extra[index + 1 :])
-            values = [inline] if inline else list(following)
+        for flag, values in extra:
             if given.setdefault(flag, values) != values:
                 raise ValueError(
                     f"--extra-args: {flag} is given twice ({' '.join(given[flag])}, then "
                     f"{' '.join(values)}; the run would take the last); give it once"
                 )
-        for word in extra:
-            if word.split("=")[0] in set_by_template:
+        for flag, _ in extra:
+            if flag in set_by_template:
                 raise ValueError(
-                    f"--extra-args: {word.split('=')[0]} is set by the command template already "
+                    f"--extra-args: {flag} is set by the command template already "
                     "(the run would take whichever comes last); set it through the sweep's own "
                     "flags or --command"
                 )
@@ -166,6 +161,18 @@ class SweepSpec:
                     f"{flag}: {len(getattr(self, axis))} values, but --command names none of "
                     f"{', '.join('{' + f + '}' for f in fields)}: every run would be the same"
                 )
+
+
+def flag_values(words: list[str]) -> list[tuple[str, list[str]]]:
+    """Each flag of a command line's ``words`` with its values, in order: ``--flag=v``, or
+    the words up to the next flag."""
+    out = []
+    for index, word in enumerate(words):
+        if word.startswith("--"):
+            flag, _, inline = word.partition("=")
+            following = itertools.takewhile(lambda w: not w.startswith("--"), words[index + 1 :])
+            out.append((flag, [inline] if inline else list(following)))
+    return out
 
 
 def lr_label(lr: float) -> str:
