@@ -75,19 +75,16 @@ class PowerLaw:
         """
         if tokens <= 0:
             return max_lr
-        if self.held_batch_tokens is not None:
-            batch_tokens = self.held_batch_tokens
-        if batch_tokens <= 0:
+        if self.held_batch_tokens is None and batch_tokens <= 0:
             raise ValueError(f"batch_tokens: must be > 0 once tokens are seen, got {batch_tokens}")
-        beta = batch_tokens / self.reference_seq_length
-        if self.batch_exponent != 1.0:
-            beta = math.pow(beta, self.batch_exponent)
-        law = beta * self.a * math.pow(tokens, self.b)
-        return min(max_lr, law)
+        return min(max_lr, self._scale(batch_tokens) * math.pow(tokens, self.b))
 
     def tokens_at_cap(self, batch_tokens: float, max_lr: float) -> float:
         """Tokens after which the law drops below ``max_lr`` (the end of the capped phase)."""
-        if self.held_batch_tokens is not None:
-            batch_tokens = self.held_batch_tokens
-        scale = math.pow(self.beta(batch_tokens), self.batch_exponent) * self.a
-        return math.pow(max_lr / scale, 1.0 / self.b)
+        return math.pow(max_lr / self._scale(batch_tokens), 1.0 / self.b)
+
+    def _scale(self, batch_tokens: float) -> float:
+        """``beta**c * a`` with ``batch_tokens`` per step, or with the held batch."""
+        held, c = self.held_batch_tokens, self.batch_exponent
+        beta = self.beta(batch_tokens if held is None else held)
+        return (beta if c == 1.0 else math.pow(beta, c)) * self.a
