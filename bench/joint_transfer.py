@@ -726,18 +726,23 @@ class ChosenRow:
     copies_losses: list[float]
 
 
-def chosen_row(model: str, cell: Cell, fitted: dict) -> ChosenRow:
-    """The fit-choice row of ``cell`` (needs ``--phases fit-choice``)."""
-    entry = stored(model, "fit-choice")["cells"][cell.name]
-    width, fraction = entry["fit_width"], entry["held_out"]["fraction"]
-    scale = entry["held_out"]["scale"]
-    if width == WIDE_PROXY:
-        choice = stored(model, "wide-proxies")["cells"][cell.name]["choice"]
-        report = json.loads((STORE / model / f"fit-w{WIDE_PROXY}.json").read_text())[0]
-    else:
-        choice, report = entry["choice"], fitted
-    tag = f"fit-w{width}{'' if scale == 1.0 else f'-x{scale:g}'}-tail-{fraction:g}"
-    return ChosenRow(report, fraction, scale, tag, choice["scale"]["losses"][f"{scale:g}"])
+def chosen_rows(model: str, fitted: dict) -> dict[str, ChosenRow]:
+    """{cell name: its fit-choice row} for the cells ``--phases fit-choice`` has run."""
+    fits, wide = stored(model, "fit-choice").get("cells", {}), stored(model, "wide-proxies")
+    wide_file = STORE / model / f"fit-w{WIDE_PROXY}.json"
+    wide_fit = json.loads(wide_file.read_text())[0] if wide_file.is_file() else None
+    rows = {}
+    for name, entry in fits.items():
+        width, fraction = entry["fit_width"], entry["held_out"]["fraction"]
+        scale = entry["held_out"]["scale"]
+        if width == WIDE_PROXY:
+            choice, report = wide["cells"][name]["choice"], wide_fit
+        else:
+            choice, report = entry["choice"], fitted
+        tag = f"fit-w{width}{'' if scale == 1.0 else f'-x{scale:g}'}-tail-{fraction:g}"
+        losses = choice["scale"]["losses"][f"{scale:g}"]
+        rows[name] = ChosenRow(report, fraction, scale, tag, losses)
+    return rows
 
 
 #: Phase 2f, the fix the batch-rule cause points to: under a batch schedule Power's beta
@@ -749,16 +754,16 @@ def batch_rule(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
     LR scale) with beta held at the final batch, on the cell's WIDE_PROXY-wide copies and in
     the held-out cell; the copies' mean loss against the in-force rule's (the fit choice's
     own copies) picks the cell's rule. Nothing held out is looked at."""
-    fits = stored(model, "fit-choice")
-    if not fits.get("cells"):
+    rows_of = chosen_rows(model, fitted)
+    if not rows_of:
         raise SystemExit("--phases batch-rule: run --phases fit-choice first")
     path = STORE / model / "batch-rule.json"
     out = stored(model, "batch-rule") or {"cells": {}}
-    specs, rows_of = {}, {}
+    specs = {}
     for cell in cells:
-        if cell.schedule is None or cell.name not in fits["cells"]:
+        if cell.schedule is None or cell.name not in rows_of:
             continue  # a constant batch is its own final batch: the rules are one
-        row = rows_of[cell.name] = chosen_row(model, cell, fitted)
+        row = rows_of[cell.name]
         held = f"--lr-power-batch-size {cell.batch}"
         data_flags = f"{text_flags() if cell.data == 'text' else ''} {held}"
         key = cell.name.removeprefix(f"w{cell.width}-")
@@ -803,33 +808,33 @@ def tail_shape(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
     """Phase 2g: on each cell's WIDE_PROXY-wide copies, the batch-rule row (its fit, tail,
     LR scale and batch rule) with each other shape of WSD_SHAPES; the shape with the lowest
     mean loss runs in the held-out cell. Nothing held out is looked at."""
-    fits, rules = stored(model, "fit-choice"), stored(model, "batch-rule")
-    if not fits.get("cells") or not rules.get("cells"):
+    rows_of, rules = chosen_rows(model, fitted), stored(model, "batch-rule")
+    if not rows_of or not rules.get("cells"):
         raise SystemExit("--phases tail-shape: run --phases fit-choice and batch-rule first")
     path = STORE / model / "tail-shape.json"
     out = stored(model, "tail-shape") or {"cells": {}}
     plans = {}
     for cell in cells:
-        if cell.name not in fits["cells"]:
+        if cell.name not in rows_of:
             continue
-        row, rule = chosen_row(model, cell, fitted), rules["cells"].get(cell.name, {})
+        row, rule = rows_of[cell.name], rules["cells"].get(cell.name, {})
         held = rule.get("rule") == "final"
         data_flags = (text_flags() if cell.data == "text" else "") + (
             f" --lr-power-batch-size {cell.batch}" if held else "")  # fmt: skip
         own = rule["copies"]["final"]["losses"] if held else row.copies_losses
-        report, fraction, scale = row.report, row.fraction, row.scale
         key = cell.name.removeprefix(f"w{cell.width}-")
         tag = row.tag + ("-held-batch" if held else "")
         copy = replace(cell, width=WIDE_PROXY)
         copies = {shape: (f"{model}/tail-shape-w{WIDE_PROXY}/{key}/{tag}-{shape}",
-                          *scaled_power(model, copy, report, data_flags, fraction, scale, shape))
+                          *scaled_power(model, copy, row.report, data_flags, row.fraction,
+                                        row.scale, shape))
                   for shape in WSD_SHAPES[1:]}  # fmt: skip
         for name, spec, _ in copies.values():
             store.add(name, spec)
-        plans[cell.name] = (cell, report, data_flags, fraction, scale, tag, own, copies)
+        plans[cell.name] = (cell, row, data_flags, tag, own, copies)
     store.run(f"{model}: Power's tail shape on width-{WIDE_PROXY} copies")
     held_out = {}
-    for name, (cell, report, data_flags, fraction, scale, tag, own, copies) in plans.items():
+    for name, (cell, row, data_flags, tag, own, copies) in plans.items():
         losses = {WSD_SHAPES[0]: own}
         for shape, (run_name, spec, cap) in copies.items():
             found = store.losses(run_name, spec)
@@ -839,15 +844,17 @@ def tail_shape(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
         chosen = min(rows, key=lambda shape: rows[shape]["mean"])
         out["cells"][name] = {"copies": rows, "shape": chosen, "held_out": None}
         if chosen != WSD_SHAPES[0]:
-            spec, cap = scaled_power(model, cell, report, data_flags, fraction, scale, chosen)
-            held_out[name] = (f"{model}/{name}/power-{tag}-{chosen}", spec, cap, fraction, scale)
+            spec, cap = scaled_power(model, cell, row.report, data_flags, row.fraction,
+                                     row.scale, chosen)  # fmt: skip
+            held_out[name] = (f"{model}/{name}/power-{tag}-{chosen}", spec, cap, cell, row)
             store.add(*held_out[name][:2])
     store.run(f"{model}: held-out cells, Power's tail shape chosen on the copies")
-    for name, (run_name, spec, cap, fraction, scale) in held_out.items():
+    for name, (run_name, spec, cap, cell, row) in held_out.items():
         found = store.losses(run_name, spec)
-        losses = [found[cap, seed] for seed in cell_seeds(plans[name][0])]
+        losses = [found[cap, seed] for seed in cell_seeds(cell)]
         out["cells"][name]["held_out"] = {
-            "lr": cap, "fraction": fraction, "scale": scale, "shape": out["cells"][name]["shape"],
+            "lr": cap, "fraction": row.fraction, "scale": row.scale,
+            "shape": out["cells"][name]["shape"],
             "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
             "lr_curve": lr_curve(store.work / run_name / "runs", cap),
         }  # fmt: skip
