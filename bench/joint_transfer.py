@@ -44,6 +44,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    spread, and how far each optimum moves over 8x width;
    3b. plain muP also at widths 64 and 512 (``--phases width-more``):
    its move over 8x width from 64 beside that from 32, and between neighbouring widths;
+   3c. the fix for tuned muP's drift (``--phases width-base``): mup-tune at a 64-wide
+   base, then that muP LR-tuned at widths 64-512, against tuned SP where it was measured;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
@@ -922,19 +924,19 @@ def edge_gain(tried: list[dict], field: str, values: list[float], chosen: float)
     return max(gains, default=math.inf)
 
 
-def tuned_mup(store: Store, model: str, data: str, data_flags: str) -> dict:
-    """``megatron-power mup-tune`` at the base width: the base model's own multipliers,
-    each candidate list, and the LRs, grown by one step while the tune's choice sits on
-    its edge (a large readout multiplier moves the best LR below the first list) and, for
-    a multiplier, beat its neighbour there by more than FLAT_GAIN."""
-    name = f"{model}/mup-tune-{data}"
+def tuned_mup(store: Store, model: str, data: str, data_flags: str, base: int = BASE) -> dict:
+    """``megatron-power mup-tune`` at the base width ``base``: the base model's own
+    multipliers, each candidate list, and the LRs, grown by one step while the tune's
+    choice sits on its edge (a large readout multiplier moves the best LR below the first
+    list) and, for a multiplier, beat its neighbour there by more than FLAT_GAIN."""
+    name = f"{model}/mup-tune-{data}" + ("" if base == BASE else f"-w{base}")
     store.restore(name)
     lrs = [2.0**-k for k in range(9, 2, -1)]
     candidates = {flag: list(values) for flag, values in TUNE_CANDIDATES.items()}
     for _ in range(8):
         subprocess.run(
             [sys.executable, "-m", "megatron_power.cli.main", "mup-tune",
-             "--tune-dir", str(store.work / name), "--hidden-size", str(BASE),
+             "--tune-dir", str(store.work / name), "--hidden-size", str(base),
              "--lrs", *map(str, lrs), "--train-tokens", str(LARGEST),
              "--global-batch-size", str(WIDTH_BATCH), "--seq-length", str(SEQ),
              "--extra-args", f"{MODELS[model]} --mup-residual-multiplier 0.5 {data_flags}".strip(),
@@ -1057,6 +1059,14 @@ def more_widths(store: Store, model: str, data: str, data_flags: str, param: str
     extra = f"{MODELS[model]} {param_flags(phase['tune'])[param]} {data_flags}"
     for width in MORE_WIDTHS:
         rows[width] = width_row(store, model, data, param, extra, 2.0**-6, width)
+    out = drift(param, extra, data, rows)
+    atomic_write_text(STORE / model / f"width-{data}-{MORE_PARAMS[param]}.json",
+                      json.dumps(out, indent=2) + "\n")  # fmt: skip
+    return out
+
+
+def drift(param: str, extra: str, data: str, rows: dict[int, dict]) -> dict:
+    """``param``'s rows by width and the optimum's move over every 8x span of them."""
     rows = dict(sorted(rows.items()))
     spans = {}
     for low in rows:
@@ -1067,11 +1077,31 @@ def more_widths(store: Store, model: str, data: str, data_flags: str, param: str
                 "shift_x2_steps": math.log2(max(optima) / min(optima)),
                 "shift_x2_steps_interval": shift_interval(span),
             }
-    out = {"param": param, "extra_args": " ".join(extra.split()), "data": data,
-           "widths": list(rows), "rows": {str(w): r for w, r in rows.items()},
-           "spans": spans}  # fmt: skip
-    file = STORE / model / f"width-{data}-{MORE_PARAMS[param]}.json"
-    atomic_write_text(file, json.dumps(out, indent=2) + "\n")
+    return {"param": param, "extra_args": " ".join(extra.split()), "data": data,
+            "widths": list(rows), "rows": {str(w): r for w, r in rows.items()},
+            "spans": spans}  # fmt: skip
+
+
+#: Phase 3c, the fix the tuned-muP drift points to: mup-tune at a base twice as wide
+#: (muTransfer tunes the multipliers at the base and trusts them only above it; the
+#: 32-wide base is two heads of 16, where the step to 64 holds most of the drift), then
+#: that muP LR-tuned from its base to 8x it.
+WIDE_BASE = 2 * BASE
+WIDE_BASE_WIDTHS = [WIDE_BASE * 2**k for k in range(4)]
+WIDE_BASE_FILE = f"tuned-w{WIDE_BASE}"  # width-<data>-<this>.json
+
+
+def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
+    """Phase 3c: mup-tune at WIDE_BASE, then its muP's optimum at WIDE_BASE_WIDTHS (each
+    grid centred on the tune's best LR, grown until interior; seeds 0-2 around the best)."""
+    tune = tuned_mup(store, model, data, data_flags, WIDE_BASE)
+    param = f"muP tuned w{WIDE_BASE}"
+    extra = merged_flags(f"{MODELS[model]} {MUP} {tune['flags']} {data_flags}")
+    centre = 2.0 ** round(math.log2(tune["best_lr"]))
+    rows = {w: width_row(store, model, data, param, extra, centre, w) for w in WIDE_BASE_WIDTHS}
+    out = {**drift(param, extra, data, rows), "tune": tune}
+    atomic_write_text(STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json",
+                      json.dumps(out, indent=2) + "\n")  # fmt: skip
     return out
 
 
@@ -1516,33 +1546,43 @@ def width_report(model: str, overall: dict) -> list[str]:
     lines = []
     for data in WIDTH_DATA:
         lines += width_table(model, data, overall)
-        for param in MORE_PARAMS:
-            lines += more_widths_table(model, data, param, overall)
+        for param, suffix in MORE_PARAMS.items():
+            name = "plain muP" if param == "muP" else "muP with mup-tune's multipliers"
+            lines += drift_table(model, data, suffix, f"{name}, the width phase's", overall)
+        what = f"muP with mup-tune's multipliers at a {WIDE_BASE}-wide base, `--phases width-base`:"
+        lines += drift_table(model, data, WIDE_BASE_FILE, what, overall)
     return lines
 
 
-def more_widths_table(model: str, data: str, param: str, overall: dict) -> list[str]:
-    """Phase 3b: ``param``'s optimum at every width, its move over each 8x span and
-    between neighbouring widths (nothing before it has run)."""
-    file = STORE / model / f"width-{data}-{MORE_PARAMS[param]}.json"
+def drift_table(model: str, data: str, suffix: str, what: str, overall: dict) -> list[str]:
+    """Phases 3b and 3c: one muP's optimum at every width, its move over each 8x span and
+    between neighbouring widths, and its loss against tuned SP where the width phase has
+    SP at that width (nothing before the phase has run)."""
+    file = STORE / model / f"width-{data}-{suffix}.json"
     if not file.is_file():
         return []
     result = json.loads(file.read_text())
     rows = {int(w): r for w, r in result["rows"].items()}
-    name = "plain muP" if param == "muP" else "muP with mup-tune's multipliers"
-    lines = ["", f"### Where muP's drift sits ({model}, {data}; {name}, the width phase's "
-             f"grids at {len(rows)} widths: `{result['extra_args']}`)", "",
-             "| width | optimum LR | best grid LR | loss at it |",
-             "| ---: | ---: | ---: | ---: |"]  # fmt: skip
+    phase3 = STORE / model / f"width-{data}.json"
+    sp = json.loads(phase3.read_text())["params"]["SP"]["rows"] if phase3.is_file() else {}
+    lines = ["", f"### Where muP's drift sits ({model}, {data}; {what} grids at {len(rows)} "
+             f"widths: `{result['extra_args']}`)", "",
+             "| width | optimum LR | best grid LR | loss at it | - tuned SP (± sd) |",
+             "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for width, row in rows.items():
         edge = "*" if row["on_edge"] else ""
+        versus = "no SP row"
+        if str(width) in sp:
+            other = sp[str(width)]
+            spread = math.hypot(row["sd"], other["sd"]) / math.sqrt(len(SEEDS))
+            versus = f"{row['mean'] - other['mean']:+.4f} ± {spread:.4f}"
         lines.append(f"| {width} | {row['eta_opt']:.4g}{edge} | {row['best_lr']:.4g} | "
-                     f"{fmt(row)} |")  # fmt: skip
+                     f"{fmt(row)} | {versus} |")  # fmt: skip
     widths = list(rows)
     steps = {f"{a}->{b}": math.log2(rows[b]["eta_opt"] / rows[a]["eta_opt"])
              for a, b in itertools.pairwise(widths)}  # fmt: skip
     spans = result["spans"]
-    overall.setdefault(model, {})[f"width-{data}-{MORE_PARAMS[param]}"] = {
+    overall.setdefault(model, {})[f"width-{data}-{suffix}"] = {
         "optimum": {str(w): r["eta_opt"] for w, r in rows.items()},
         "span_shift_x2_steps": {k: v["shift_x2_steps"] for k, v in spans.items()},
         "step_x2_steps": steps,
@@ -1677,6 +1717,12 @@ def plot(models: list[str], data: str, png: Path) -> None:
                 axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
                           linestyle="--", marker="x",
                           label=f"{param}, widths {BASE}-{16 * BASE}")  # fmt: skip
+        wide = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"  # phase 3c
+        if wide.is_file():
+            rows = json.loads(wide.read_text())["rows"]
+            axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
+                      linestyle=":", marker="s",
+                      label=f"muP tuned at base {WIDE_BASE}")  # fmt: skip
         axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
                  title=f"{model}: optimal LR vs width")  # fmt: skip
         axis.legend(fontsize=7)
@@ -1706,6 +1752,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
         for data in args.width_data if "width-more" in args.phases else []:
             for param in MORE_PARAMS:
                 more_widths(store, model, data, text_flags() if data == "text" else "", param)
+        for data in args.width_data if "width-base" in args.phases else []:
+            wide_base(store, model, data, text_flags() if data == "text" else "")
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
                 "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
@@ -1741,7 +1789,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
-              "batch-rule", "tail-shape", "width", "width-more"]  # fmt: skip
+              "batch-rule", "tail-shape", "width", "width-more", "width-base"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
