@@ -53,7 +53,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
 Every run's record is kept in bench/results/joint_transfer/runs/ (committed), so the
 benchmark resumes across sessions and machines; the run directories live in --work-dir.
 ``--models``, ``--cells``, ``--phases`` and ``--width-data`` choose what to run now; the
-report covers what has finished and names what has not. JOINT_TRANSFER_SCALE=gpu runs the
+report covers what has finished and names what has not; ``--dry-run`` lists the first runs
+a resume would queue (or refuse), and runs none. JOINT_TRANSFER_SCALE=gpu runs the
 same protocol 8x wider (bench/joint_transfer_gpu.sh), with its own store under
 bench/results/gpu/.
 
@@ -102,6 +103,10 @@ MODELS = {
     "dense": "--num-layers 2 --head-dim 16",
     "moe": "--model moe --num-experts 8 --num-layers 2 --head-dim 16",  # top-2 routing
 }
+#: Shakespeare's corpus and tokenizer, relative to where the runs start (the repository
+#: root), whatever --work-dir is: a recorded text sweep's flags name the same files from a
+#: checkout at any path, so it resumes there.
+TEXT_DATA = Path("bench/work/joint_transfer")
 BASE = SCALES[SCALE]  # the proxies' width and the muP base width
 SEQ = 64
 # The embedded model's base multipliers (pretrain's default muP), at this base width.
@@ -930,6 +935,9 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str, base: int = 
     choice sits on its edge (a large readout multiplier moves the best LR below the first
     list) and, for a multiplier, beat its neighbour there by more than FLAT_GAIN."""
     name = f"{model}/mup-tune-{data}" + ("" if base == BASE else f"-w{base}")
+    extra = f"{MODELS[model]} --mup-residual-multiplier 0.5 {data_flags}".strip()
+    if store.pool.dry_run:
+        return finished_tune(name, extra)
     store.restore(name)
     lrs = [2.0**-k for k in range(9, 2, -1)]
     candidates = {flag: list(values) for flag, values in TUNE_CANDIDATES.items()}
@@ -939,7 +947,7 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str, base: int = 
              "--tune-dir", str(store.work / name), "--hidden-size", str(base),
              "--lrs", *map(str, lrs), "--train-tokens", str(LARGEST),
              "--global-batch-size", str(WIDTH_BATCH), "--seq-length", str(SEQ),
-             "--extra-args", f"{MODELS[model]} --mup-residual-multiplier 0.5 {data_flags}".strip(),
+             "--extra-args", extra,
              *(str(word) for flag, values in candidates.items() for word in (flag, *values))],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
@@ -956,6 +964,22 @@ def tuned_mup(store: Store, model: str, data: str, data_flags: str, base: int = 
     tune["lrs"] = lrs
     atomic_write_text(STORE / name / "tune.json", json.dumps(tune, indent=2) + "\n")
     return tune
+
+
+def finished_tune(name: str, extra: str) -> dict:
+    """--dry-run's view of a tune (mup-tune runs outside the Pool): its recorded result,
+    or a stop naming what a real resume would run or refuse."""
+    for spec_file in sorted((STORE / name).rglob("sweep.json")):
+        sweep = SweepDir(spec_file.parent)
+        spec = sweep.load_spec()
+        if not spec.extra_args.startswith(extra):
+            raise SystemExit(f"--dry-run: {sweep.path} was recorded with other flags "
+                             f"({spec.extra_args!r}); mup-tune would refuse it")  # fmt: skip
+        if pending := sweep.pending(spec, retry_failed=False):
+            raise SystemExit(f"--dry-run: mup-tune would queue {len(pending)} runs in {sweep.path}")
+    if not (STORE / name / "tune.json").is_file():
+        raise SystemExit(f"--dry-run: mup-tune would run {name} (no tune.json yet)")
+    return json.loads((STORE / name / "tune.json").read_text())
 
 
 def sweep_name(name: str, extra: str) -> str:
@@ -1742,7 +1766,7 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
     def text_flags() -> str:
         """Shakespeare's data flags, tokenised on first use."""
         if not text:
-            text.append(shakespeare_flags(store.work))
+            text.append(shakespeare_flags(TEXT_DATA))
         return text[0]
 
     cells = [c for c in CELLS if c.name in args.cells]
@@ -1800,6 +1824,9 @@ def main() -> None:
         help="concurrent runs (default: one per CPU core, or per GPU)",
     )
     parser.add_argument("--report-only", action="store_true", help="run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run nothing; stop at the first runs the phases would "
+                        "queue and list them (if none, report as --report-only)")  # fmt: skip
     args = parser.parse_args()
     if "long-fit" in args.phases and "cells" not in args.phases:
         parser.error("--phases long-fit: adds the second fit's rows to the cells; give cells too")
@@ -1808,7 +1835,7 @@ def main() -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        store = Store(work, Pool(args.jobs))
+        store = Store(work, Pool(args.jobs, dry_run=args.dry_run))
         # A stop (a time limit's SIGTERM, Ctrl-C) keeps every finished run in the store.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
         try:

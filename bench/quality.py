@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -90,7 +91,10 @@ def shakespeare_flags(work: Path) -> str:
             input=str(plain), model_prefix=str(tokenizer.with_suffix("")), vocab_size=512,
             model_type="bpe", character_coverage=1.0, minloglevel=2,
         )  # fmt: skip
-    return f"--data {corpus.resolve()} --tokenizer-model {tokenizer.resolve()} --vocab-size 512"
+    # Relative to the working directory the runs start in (as --run-dir is), so recorded
+    # sweeps name the same data from a checkout at any path and still resume there.
+    return (f"--data {os.path.relpath(corpus)} --tokenizer-model {os.path.relpath(tokenizer)} "
+            "--vocab-size 512")  # fmt: skip
 
 
 def chunks(text: str, size: int) -> list[str]:
@@ -118,9 +122,9 @@ class Pool:
     ``concurrent``: that many at once instead (small proxies share a GPU), as the sweep
     command's --jobs."""
 
-    def __init__(self, concurrent: int | None = None) -> None:
+    def __init__(self, concurrent: int | None = None, dry_run: bool = False) -> None:
         self.jobs: list[tuple[SweepDir, SweepSpec, int]] = []
-        self.concurrent = concurrent
+        self.concurrent, self.dry_run = concurrent, dry_run
 
     def add(self, path: Path, spec: SweepSpec) -> None:
         sweep = SweepDir(path)
@@ -137,6 +141,10 @@ class Pool:
         self.jobs = []
         if not jobs:
             return
+        if self.dry_run:  # what comes next needs these runs' losses: stop at the first
+            listed = "\n".join(f"  {sweep.path}: {run_id(spec.runs()[i])}"
+                                for sweep, spec, i in jobs)  # fmt: skip
+            raise SystemExit(f"--dry-run: {what} would queue {len(jobs)} runs:\n{listed}")
         with tqdm(total=len(jobs), desc=what, unit="run") as bar:
 
             def done(record: dict) -> None:
