@@ -580,12 +580,12 @@ def proxy_tails(store: Store, model: str, cells: list[Cell], report: dict, tail:
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
         out[cell.name] = proxy_tail(store, model, cell, report, tail, data_flags)
-        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+        write_phase(path, out)
     for cell in cells:
         data_flags = text_flags() if cell.data == "text" else ""
         out[cell.name]["held_out"] = proxy_tuned(store, model, cell, report, data_flags,
                                                  out[cell.name])  # fmt: skip
-        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+        write_phase(path, out)
     return out
 
 
@@ -606,7 +606,7 @@ def wide_proxies(store: Store, model: str, cells: list[Cell], tail: dict, text_f
         data_flags = text_flags() if cell.data == "text" else ""
         choice = proxy_tail(store, model, cell, report, tail, data_flags, WIDE_PROXY)
         out["cells"].setdefault(cell.name, {})["choice"] = choice
-        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+        write_phase(path, out)
     specs = {}
     for cell in cells:
         choice = out["cells"][cell.name]["choice"]
@@ -627,7 +627,7 @@ def wide_proxies(store: Store, model: str, cells: list[Cell], tail: dict, text_f
             "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
             "lr_curve": lr_curve(store.work / name / "runs", cap),
         }  # fmt: skip
-    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    write_phase(path, out)
     return out
 
 
@@ -683,7 +683,7 @@ def wide_probe(store: Store, model: str, cells: list[Cell], tail: dict, text_fla
             "mean": None if diverged_seeds else statistics.fmean(losses),
             "sd": None if diverged_seeds else statistics.stdev(losses),
         }  # fmt: skip
-    atomic_write_text(STORE / model / "wide-proxies.json", json.dumps(out, indent=2) + "\n")
+    write_phase(STORE / model / "wide-proxies.json", out)
     return out
 
 
@@ -717,7 +717,7 @@ def fit_choice(store: Store, model: str, cells: list[Cell], fitted: dict, tail: 
                 result = with_proxy_tail(cell_result(model, cell, {}, {}, {}), narrow)
                 entry["held_out"] = {**result["power-proxytail"], "scale": 1.0}
         out["cells"][cell.name] = entry
-        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+        write_phase(path, out)
     return out
 
 
@@ -805,7 +805,7 @@ def batch_rule(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
         rule = min(copies, key=lambda k: copies[k]["mean"])
         out["cells"][cell.name] = {"batch": cell.batch, "copies": copies, "rule": rule,
                                    "held_out": rows["held_out"]}  # fmt: skip
-        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+        write_phase(path, out)
     return out
 
 
@@ -865,12 +865,32 @@ def tail_shape(store: Store, model: str, cells: list[Cell], fitted: dict, text_f
             "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
             "lr_curve": lr_curve(store.work / run_name / "runs", cap),
         }  # fmt: skip
-    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+    write_phase(path, out)
     return out
 
 
 #: The phases whose choices give a cell its chosen rows, in cell_result's order.
 CHOICE_PHASES = ("proxy-tail", "wide-proxies", "fit-choice", "batch-rule", "tail-shape")
+
+
+def write_phase(path: Path, out: dict) -> None:
+    """A phase's results file. An LR curve this machine could not read (its run directory
+    is on the machine that ran it; the store keeps records only) stays as recorded."""
+    if path.is_file():
+        keep_curves(out, json.loads(path.read_text()))
+    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+
+
+def keep_curves(new: dict, old: object) -> None:
+    """Where ``new`` has an empty "lr_curve" and ``old`` at the same place a recorded one,
+    take the recorded one (in place, at every depth)."""
+    if not isinstance(old, dict):
+        return
+    if new.get("lr_curve") == [] and old.get("lr_curve"):
+        new["lr_curve"] = old["lr_curve"]
+    for key, value in new.items():
+        if isinstance(value, dict):
+            keep_curves(value, old.get(key))
 
 
 def stored(model: str, phase: str) -> dict:
@@ -1841,7 +1861,8 @@ def main() -> None:
         try:
             run_phases(store, args)
         finally:
-            for model in args.models:
+            # A dry run's work dir holds only specs it recorded, nothing the store lacks.
+            for model in [] if args.dry_run else args.models:
                 store.save(model)
     markdown, overall = report(list(MODELS))
     print(markdown)
