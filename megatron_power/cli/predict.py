@@ -42,6 +42,7 @@ from ..arguments import (
     settings_from_args,
 )
 from ..files import atomic_write_text, check_output_file, save_figure_atomically
+from ..knobs import dest_of, knobs
 from ..schedules.loss_laws import (
     FIRST_FRACTION,
     LAWS,
@@ -53,6 +54,7 @@ from ..schedules.loss_laws import (
     fit,
 )
 from ..schedules.power import PowerLaw
+from ..schedules.settings import ScheduleSettings
 from ..training.rundir import RunDir, finished_runs
 from .schedule import SchedulePoint, simulate
 
@@ -536,15 +538,16 @@ FAMILIES = ("wsd", "wsd-s", "power")
 SHAPES = ("linear", "cosine", "exponential", "exponential_e", "minus_sqrt")
 #: Power's b is searched within these limits (the paper's -0.51 inside).
 POWER_B_RANGE = (-0.8, -0.1)
-SCHEDULE_DESTS = (
-    "lr_decay_style", "lr_wsd_decay_style", "lr_wsd_decay_iters", "lr_wsd_decay_samples",
-    "lr_wsd_decay_fraction", "lr_wsd_cycle_iters", "lr_wsd_cycle_samples", "lr_power_a",
-    "lr_power_b", "lr_power_batch_exponent", "lr_power_batch_size", "lr_decay_iters",
-    "lr_decay_samples",
-    "lr_branch_decay_start_iters", "lr_branch_decay_start_samples", "lr_branch_decay_iters",
-    "lr_branch_decay_samples", "lr_branch_decay_style", "lr_decay_half_life_iters",
-    "lr_decay_half_life_samples",
-)  # fmt: skip
+#: The schedule knobs --optimize keeps as given: the budget (LRs, warmup, sequence) and
+#: Power's token unit. It chooses every other one, so giving one beside it is refused.
+BUDGET_KNOBS = {"max_lr", "min_lr", "init_lr", "lr_warmup_steps", "seq_length",
+                "lr_power_reference_seq_length"}  # fmt: skip
+SCHEDULE_DESTS = tuple(
+    dest_of(flag)
+    for item, knob in knobs(ScheduleSettings)
+    if item.name not in BUDGET_KNOBS
+    for flag in knob.flags()
+)
 
 
 def budget_args(args: argparse.Namespace) -> argparse.Namespace:
