@@ -1104,8 +1104,7 @@ def more_widths(store: Store, model: str, data: str, data_flags: str, param: str
     for width in MORE_WIDTHS:
         rows[width] = width_row(store, model, data, param, extra, 2.0**-6, width)
     out = drift(param, extra, data, rows)
-    atomic_write_text(STORE / model / f"width-{data}-{MORE_PARAMS[param]}.json",
-                      json.dumps(out, indent=2) + "\n")  # fmt: skip
+    write_phase(STORE / model / f"width-{data}-{MORE_PARAMS[param]}.json", out)
     return out
 
 
@@ -1133,6 +1132,16 @@ def drift(param: str, extra: str, data: str, rows: dict[int, dict]) -> dict:
 WIDE_BASE = 2 * BASE
 WIDE_BASE_WIDTHS = [WIDE_BASE * 2**k for k in range(4)]
 WIDE_BASE_FILE = f"tuned-w{WIDE_BASE}"  # width-<data>-<this>.json
+#: Phases 3b and 3c's files (width-<data>-<key>.json): their table's heading, and their
+#: line in the optimum-vs-width plot (label, linestyle, marker).
+DRIFT_FILES = {
+    MORE_PARAMS["muP"]: ("plain muP, the width phase's",
+                         (f"muP, widths {BASE}-{16 * BASE}", "--", "x")),
+    MORE_PARAMS["muP tuned"]: ("muP with mup-tune's multipliers, the width phase's",
+                               (f"muP tuned, widths {BASE}-{16 * BASE}", "--", "x")),
+    WIDE_BASE_FILE: (f"muP with mup-tune's multipliers at a {WIDE_BASE}-wide base, "
+                     "`--phases width-base`:", (f"muP tuned at base {WIDE_BASE}", ":", "s")),
+}  # fmt: skip
 
 
 def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
@@ -1144,8 +1153,7 @@ def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
     centre = 2.0 ** round(math.log2(tune["best_lr"]))
     rows = {w: width_row(store, model, data, param, extra, centre, w) for w in WIDE_BASE_WIDTHS}
     out = {**drift(param, extra, data, rows), "tune": tune}
-    atomic_write_text(STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json",
-                      json.dumps(out, indent=2) + "\n")  # fmt: skip
+    write_phase(STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json", out)
     return out
 
 
@@ -1590,25 +1598,23 @@ def width_report(model: str, overall: dict) -> list[str]:
     lines = []
     for data in WIDTH_DATA:
         lines += width_table(model, data, overall)
-        for param, suffix in MORE_PARAMS.items():
-            name = "plain muP" if param == "muP" else "muP with mup-tune's multipliers"
-            lines += drift_table(model, data, suffix, f"{name}, the width phase's", overall)
-        what = f"muP with mup-tune's multipliers at a {WIDE_BASE}-wide base, `--phases width-base`:"
-        lines += drift_table(model, data, WIDE_BASE_FILE, what, overall)
+        phase3 = STORE / model / f"width-{data}.json"
+        sp = json.loads(phase3.read_text())["params"]["SP"]["rows"] if phase3.is_file() else {}
+        for suffix, (what, _) in DRIFT_FILES.items():
+            lines += drift_table(model, data, suffix, what, sp, overall)
     return lines
 
 
-def drift_table(model: str, data: str, suffix: str, what: str, overall: dict) -> list[str]:
+def drift_table(model: str, data: str, suffix: str, what: str, sp: dict,
+                overall: dict) -> list[str]:  # fmt: skip
     """Phases 3b and 3c: one muP's optimum at every width, its move over each 8x span and
-    between neighbouring widths, and its loss against tuned SP where the width phase has
-    SP at that width (nothing before the phase has run)."""
+    between neighbouring widths, and its loss against tuned SP (``sp``: the width phase's
+    rows) where SP ran at that width (nothing before the phase has run)."""
     file = STORE / model / f"width-{data}-{suffix}.json"
     if not file.is_file():
         return []
     result = json.loads(file.read_text())
     rows = {int(w): r for w, r in result["rows"].items()}
-    phase3 = STORE / model / f"width-{data}.json"
-    sp = json.loads(phase3.read_text())["params"]["SP"]["rows"] if phase3.is_file() else {}
     lines = ["", f"### Where muP's drift sits ({model}, {data}; {what} grids at {len(rows)} "
              f"widths: `{result['extra_args']}`)", "",
              "| width | optimum LR | best grid LR | loss at it | - tuned SP (± sd) |",
@@ -1754,19 +1760,12 @@ def plot(models: list[str], data: str, png: Path) -> None:
             rows = entry["rows"]
             axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
                       marker="o", label=param)  # fmt: skip
-        for param, suffix in MORE_PARAMS.items():  # phase 3b: every width
+        for suffix, (_, (label, linestyle, marker)) in DRIFT_FILES.items():  # 3b and 3c
             more = STORE / model / f"width-{data}-{suffix}.json"
             if more.is_file():
                 rows = json.loads(more.read_text())["rows"]
                 axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
-                          linestyle="--", marker="x",
-                          label=f"{param}, widths {BASE}-{16 * BASE}")  # fmt: skip
-        wide = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"  # phase 3c
-        if wide.is_file():
-            rows = json.loads(wide.read_text())["rows"]
-            axis.plot([int(w) for w in rows], [r["eta_opt"] for r in rows.values()],
-                      linestyle=":", marker="s",
-                      label=f"muP tuned at base {WIDE_BASE}")  # fmt: skip
+                          linestyle=linestyle, marker=marker, label=label)  # fmt: skip
         axis.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal LR",
                  title=f"{model}: optimal LR vs width")  # fmt: skip
         axis.legend(fontsize=7)
