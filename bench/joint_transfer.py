@@ -46,6 +46,9 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    its move over 8x width from 64 beside that from 32, and between neighbouring widths;
    3c. the fix for tuned muP's drift (``--phases width-base``): mup-tune at a 64-wide
    base, then that muP LR-tuned at widths 64-512, against tuned SP where it was measured;
+   3d. how finely 3c's optimum is measured (``--phases width-fine``): seeds 0-2 also at
+   x2**(+-1/2) around each width's best LR, the optimum on that grid, and what the base's
+   best LR costs at 512;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
@@ -1014,6 +1017,16 @@ def sweep_name(name: str, extra: str) -> str:
     return f"{name}-{hashlib.sha256(extra.encode()).hexdigest()[:8]}"
 
 
+def width_sweep(model: str, data: str, param: str, extra: str, width: int):
+    """(sweep name, spec maker) of ``param``'s LR grid at ``width`` in the width phases."""
+    cell = Cell(f"w{width}", width, WIDTH_TOKENS, WIDTH_BATCH)
+
+    def make(lrs, seeds=(0,)):
+        return make_spec("wsd", cell, lrs, extra, seeds)
+
+    return sweep_name(f"{model}/width-{data}/{param.replace(' ', '-')}/w{width}", extra), make
+
+
 def width_row(store: Store, model: str, data: str, param: str, extra: str, centre: float,
               width: int) -> dict:  # fmt: skip
     """One parameterisation LR-tuned at one width: the seed-0 grid (5 LRs around ``centre``,
@@ -1021,12 +1034,7 @@ def width_row(store: Store, model: str, data: str, param: str, extra: str, centr
     their means."""
     from megatron_power.sweep.fit import optimum
 
-    cell = Cell(f"w{width}", width, WIDTH_TOKENS, WIDTH_BATCH)
-    name = sweep_name(f"{model}/width-{data}/{param.replace(' ', '-')}/w{width}", extra)
-
-    def make(lrs, seeds=(0,)):
-        return make_spec("wsd", cell, lrs, extra, seeds)
-
+    name, make = width_sweep(model, data, param, extra, width)
     what = f"{model} {data} {param} w{width}"
     grid = grow(store, name, make, [centre * 2.0**k for k in range(-2, 3)], what)
     means, sds = seed_means(store, name, make, grid, what)
@@ -1132,7 +1140,8 @@ def drift(param: str, extra: str, data: str, rows: dict[int, dict]) -> dict:
 WIDE_BASE = 2 * BASE
 WIDE_BASE_WIDTHS = [WIDE_BASE * 2**k for k in range(4)]
 WIDE_BASE_FILE = f"tuned-w{WIDE_BASE}"  # width-<data>-<this>.json
-#: Phases 3b and 3c's files (width-<data>-<key>.json): their table's heading, and their
+FINE_FILE = f"{WIDE_BASE_FILE}-fine"  # phase 3d's (below)
+#: Phases 3b, 3c and 3d's files (width-<data>-<key>.json): their table's heading, and their
 #: line in the optimum-vs-width plot (label, linestyle, marker).
 DRIFT_FILES = {
     MORE_PARAMS["muP"]: ("plain muP, the width phase's",
@@ -1141,6 +1150,9 @@ DRIFT_FILES = {
                                (f"muP tuned, widths {BASE}-{16 * BASE}", "--", "x")),
     WIDE_BASE_FILE: (f"muP with mup-tune's multipliers at a {WIDE_BASE}-wide base, "
                      "`--phases width-base`:", (f"muP tuned at base {WIDE_BASE}", ":", "s")),
+    FINE_FILE: (f"the same muP at a {WIDE_BASE}-wide base, seeds 0-2 also at x2**(+-1/2) "
+                "around each best LR, `--phases width-fine`:",
+                (f"muP tuned at base {WIDE_BASE}, x2**0.5 grid", "-.", "d")),
 }  # fmt: skip
 
 
@@ -1154,6 +1166,68 @@ def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
     rows = {w: width_row(store, model, data, param, extra, centre, w) for w in WIDE_BASE_WIDTHS}
     out = {**drift(param, extra, data, rows), "tune": tune}
     write_phase(STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json", out)
+    return out
+
+
+#: Phase 3d, how finely 3c's optimum is measured: on its x2 grid the parabola runs through
+#: LRs a factor 2 apart, so a loss curve whose asymmetry changes with width moves the vertex
+#: while the best LR stays (MoE on the Markov source: the best grid LR the same at every
+#: width, the vertex 0.70 x2-steps apart). Seeds 0-2 at the best mean's LR x 2**(+-1/2)
+#: put the three points around the optimum a factor sqrt(2) apart.
+FINE_STEPS = [-0.5, 0.5]
+
+
+def power_of_two(key: str) -> float:
+    """The LR a results file's key (printed to 6 digits) names on a grid of powers of 2."""
+    exact = 2.0 ** round(math.log2(float(key)))
+    if abs(exact / float(key) - 1) > 1e-5:
+        raise SystemExit(f"LR {key} is not a power of 2; the grids' LRs are")
+    return exact
+
+
+def fine_drift(store: Store, model: str, data: str) -> dict:
+    """Phase 3d: 3c's rows with seeds 0-2 at FINE_STEPS around each width's best mean; the
+    optimum from the means on that finer grid, its move over width, and what the base's
+    best LR costs at the widest width (both measured there, no parabola)."""
+    from megatron_power.sweep.fit import optimum
+
+    earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
+    if not earlier.is_file():
+        raise SystemExit(
+            f"--phases width-fine: {earlier} is missing; run --phases width-base first"
+        )
+    phase = json.loads(earlier.read_text())
+    param, extra = phase["param"], phase["extra_args"]
+    rows = {}
+    for width in map(int, phase["rows"]):
+        coarse = phase["rows"][str(width)]
+        name, make = width_sweep(model, data, param, extra, width)
+        seeded = sorted({power_of_two(lr) for lr in coarse["seed_means"]} | {
+            coarse["best_lr"] * 2.0**step for step in FINE_STEPS})  # fmt: skip
+        store.add(name, make(seeded, SEEDS))
+        store.run(f"{model} {data} {param} w{width}: x2**0.5 grid")
+        found = store.losses(name, make(seeded, SEEDS), diverged_ok=True)
+        means = {lr: statistics.fmean(found[lr, seed] for seed in SEEDS) for lr in seeded}
+        best = min(means, key=means.get)
+        eta_opt, on_edge = optimum(list(means), list(means.values()))
+        losses = [found[best, seed] for seed in SEEDS]
+        rows[width] = {
+            "best_lr": best, "eta_opt": eta_opt, "on_edge": on_edge,
+            "seed_means": {f"{lr:g}": v for lr, v in means.items()},
+            "seed_sds": {f"{lr:g}": statistics.stdev(found[lr, seed] for seed in SEEDS)
+                         for lr in seeded},
+            "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
+        }  # fmt: skip
+    out = drift(f"{param}, x2**0.5 grid", extra, data, rows)
+    base, widest = min(rows), max(rows)
+    at = rows[widest]["seed_means"].get(f"{rows[base]['best_lr']:g}")
+    out["transfer_cost"] = None if at is None else {
+        "lr": rows[base]["best_lr"], "width": widest, "loss": at,
+        "cost": at - rows[widest]["mean"],
+        "sd": math.hypot(rows[widest]["seed_sds"][f"{rows[base]['best_lr']:g}"],
+                         rows[widest]["sd"]) / math.sqrt(len(SEEDS)),
+    }  # fmt: skip
+    write_phase(STORE / model / f"width-{data}-{FINE_FILE}.json", out)
     return out
 
 
@@ -1607,7 +1681,7 @@ def width_report(model: str, overall: dict) -> list[str]:
 
 def drift_table(model: str, data: str, suffix: str, what: str, sp: dict,
                 overall: dict) -> list[str]:  # fmt: skip
-    """Phases 3b and 3c: one muP's optimum at every width, its move over each 8x span and
+    """Phases 3b-3d: one muP's optimum at every width, its move over each 8x span and
     between neighbouring widths, and its loss against tuned SP (``sp``: the width phase's
     rows) where SP ran at that width (nothing before the phase has run)."""
     file = STORE / model / f"width-{data}-{suffix}.json"
@@ -1644,6 +1718,12 @@ def drift_table(model: str, data: str, suffix: str, what: str, sp: dict,
                           f"{v['shift_x2_steps_interval'][1]:.2f}]" for k, v in spans.items())
               + ". Between neighbouring widths (signed, + = the optimum rises): "
               + ", ".join(f"{k} {v:+.2f}" for k, v in steps.items()) + "."]  # fmt: skip
+    cost = result.get("transfer_cost")
+    if cost is not None:
+        overall[model][f"width-{data}-{suffix}"]["transfer_cost"] = cost
+        lines += ["", f"The base's best LR ({cost['lr']:.4g}) at width {cost['width']}: "
+                  f"{cost['loss']:.4f}, {cost['cost']:+.4f} ± {cost['sd']:.4f} nats against "
+                  "that width's best (3-seed means, both measured)."]  # fmt: skip
     return lines
 
 
@@ -1760,7 +1840,7 @@ def plot(models: list[str], data: str, png: Path) -> None:
             rows = entry["rows"]
             axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
                       marker="o", label=param)  # fmt: skip
-        for suffix, (_, (label, linestyle, marker)) in DRIFT_FILES.items():  # 3b and 3c
+        for suffix, (_, (label, linestyle, marker)) in DRIFT_FILES.items():  # 3b-3d
             more = STORE / model / f"width-{data}-{suffix}.json"
             if more.is_file():
                 rows = json.loads(more.read_text())["rows"]
@@ -1797,6 +1877,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
                 more_widths(store, model, data, text_flags() if data == "text" else "", param)
         for data in args.width_data if "width-base" in args.phases else []:
             wide_base(store, model, data, text_flags() if data == "text" else "")
+        for data in args.width_data if "width-fine" in args.phases else []:
+            fine_drift(store, model, data)
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
                 "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
@@ -1832,7 +1914,8 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", choices=[c.name for c in CELLS],
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
-              "batch-rule", "tail-shape", "width", "width-more", "width-base"]  # fmt: skip
+              "batch-rule", "tail-shape", "width", "width-more", "width-base",
+              "width-fine"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
