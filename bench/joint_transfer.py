@@ -49,6 +49,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    3d. how finely 3c's optimum is measured (``--phases width-fine``): seeds 0-2 also at
    x2**(+-1/2) around each width's best LR, the optimum on that grid, and what the base's
    best LR costs at 512;
+   3e. that muP also at width 1024 (``--phases width-widest``): the span from twice its
+   base, 128 -> 1024;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
@@ -1141,7 +1143,9 @@ WIDE_BASE = 2 * BASE
 WIDE_BASE_WIDTHS = [WIDE_BASE * 2**k for k in range(4)]
 WIDE_BASE_FILE = f"tuned-w{WIDE_BASE}"  # width-<data>-<this>.json
 FINE_FILE = f"{WIDE_BASE_FILE}-fine"  # phase 3d's (below)
-#: Phases 3b, 3c and 3d's files (width-<data>-<key>.json): their table's heading, and their
+WIDEST = 16 * WIDE_BASE
+WIDEST_FILE = f"{WIDE_BASE_FILE}-w{WIDEST}"  # phase 3e's (below)
+#: Phases 3b-3e's files (width-<data>-<key>.json): their table's heading, and their
 #: line in the optimum-vs-width plot (label, linestyle, marker).
 DRIFT_FILES = {
     MORE_PARAMS["muP"]: ("plain muP, the width phase's",
@@ -1153,6 +1157,9 @@ DRIFT_FILES = {
     FINE_FILE: (f"the same muP at a {WIDE_BASE}-wide base, seeds 0-2 also at x2**(+-1/2) "
                 "around each best LR, `--phases width-fine`:",
                 (f"muP tuned at base {WIDE_BASE}, x2**0.5 grid", "-.", "d")),
+    WIDEST_FILE: (f"the same muP at a {WIDE_BASE}-wide base, also LR-tuned at width {WIDEST}, "
+                  "`--phases width-widest`:", (f"muP tuned at base {WIDE_BASE}, to {WIDEST}",
+                                               ":", "^")),
 }  # fmt: skip
 
 
@@ -1175,6 +1182,27 @@ def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
 #: width, the vertex 0.70 x2-steps apart). Seeds 0-2 at the best mean's LR x 2**(+-1/2)
 #: put the three points around the optimum a factor sqrt(2) apart.
 FINE_STEPS = [-0.5, 0.5]
+
+
+#: Phase 3e, the span README's advice relies on: the drift of the 64-wide-base tune sits
+#: just above its base (on the Markov source -0.36, -0.24, -0.10 x2-steps per doubling from
+#: 64), so tuning the LR at twice the base and training 8x wider than that is 128 -> 1024.
+def widest(store: Store, model: str, data: str) -> dict:
+    """Phase 3e: 3c's rows and that muP LR-tuned at WIDEST (same flags; its grid centred
+    on 3c's best LR at the widest width it ran); the move over every 8x span."""
+    earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
+    if not earlier.is_file():
+        raise SystemExit(
+            f"--phases width-widest: {earlier} is missing; run --phases width-base first"
+        )
+    phase = json.loads(earlier.read_text())
+    rows = {int(w): r for w, r in phase["rows"].items()}
+    centre = 2.0 ** round(math.log2(rows[max(rows)]["best_lr"]))
+    rows[WIDEST] = width_row(store, model, data, phase["param"], phase["extra_args"], centre,
+                             WIDEST)  # fmt: skip
+    out = drift(phase["param"], phase["extra_args"], data, rows)
+    write_phase(STORE / model / f"width-{data}-{WIDEST_FILE}.json", out)
+    return out
 
 
 def power_of_two(key: str) -> float:
@@ -1879,6 +1907,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             wide_base(store, model, data, text_flags() if data == "text" else "")
         for data in args.width_data if "width-fine" in args.phases else []:
             fine_drift(store, model, data)
+        for data in args.width_data if "width-widest" in args.phases else []:
+            widest(store, model, data)
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
                 "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
@@ -1915,7 +1945,7 @@ def main() -> None:
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
               "batch-rule", "tail-shape", "width", "width-more", "width-base",
-              "width-fine"]  # fmt: skip
+              "width-fine", "width-widest"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
