@@ -1184,27 +1184,6 @@ def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
 FINE_STEPS = [-0.5, 0.5]
 
 
-#: Phase 3e, the span README's advice relies on: the drift of the 64-wide-base tune sits
-#: just above its base (on the Markov source -0.36, -0.24, -0.10 x2-steps per doubling from
-#: 64), so tuning the LR at twice the base and training 8x wider than that is 128 -> 1024.
-def widest(store: Store, model: str, data: str) -> dict:
-    """Phase 3e: 3c's rows and that muP LR-tuned at WIDEST (same flags; its grid centred
-    on 3c's best LR at the widest width it ran); the move over every 8x span."""
-    earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
-    if not earlier.is_file():
-        raise SystemExit(
-            f"--phases width-widest: {earlier} is missing; run --phases width-base first"
-        )
-    phase = json.loads(earlier.read_text())
-    rows = {int(w): r for w, r in phase["rows"].items()}
-    centre = 2.0 ** round(math.log2(rows[max(rows)]["best_lr"]))
-    rows[WIDEST] = width_row(store, model, data, phase["param"], phase["extra_args"], centre,
-                             WIDEST)  # fmt: skip
-    out = drift(phase["param"], phase["extra_args"], data, rows)
-    write_phase(STORE / model / f"width-{data}-{WIDEST_FILE}.json", out)
-    return out
-
-
 def power_of_two(key: str) -> float:
     """The LR a results file's key (printed to 6 digits) names on a grid of powers of 2."""
     exact = 2.0 ** round(math.log2(float(key)))
@@ -1247,15 +1226,35 @@ def fine_drift(store: Store, model: str, data: str) -> dict:
             "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
         }  # fmt: skip
     out = drift(f"{param}, x2**0.5 grid", extra, data, rows)
-    base, widest = min(rows), max(rows)
-    at = rows[widest]["seed_means"].get(f"{rows[base]['best_lr']:g}")
+    base, top = min(rows), max(rows)
+    at = rows[top]["seed_means"].get(f"{rows[base]['best_lr']:g}")
     out["transfer_cost"] = None if at is None else {
-        "lr": rows[base]["best_lr"], "width": widest, "loss": at,
-        "cost": at - rows[widest]["mean"],
-        "sd": math.hypot(rows[widest]["seed_sds"][f"{rows[base]['best_lr']:g}"],
-                         rows[widest]["sd"]) / math.sqrt(len(SEEDS)),
+        "lr": rows[base]["best_lr"], "width": top, "loss": at, "cost": at - rows[top]["mean"],
+        "sd": math.hypot(rows[top]["seed_sds"][f"{rows[base]['best_lr']:g}"],
+                         rows[top]["sd"]) / math.sqrt(len(SEEDS)),
     }  # fmt: skip
     write_phase(STORE / model / f"width-{data}-{FINE_FILE}.json", out)
+    return out
+
+
+#: Phase 3e, the span README's advice relies on: the drift of the 64-wide-base tune sits
+#: just above its base (on the Markov source -0.36, -0.24, -0.10 x2-steps per doubling from
+#: 64), so tuning the LR at twice the base and training 8x wider than that is 128 -> 1024.
+def widest(store: Store, model: str, data: str) -> dict:
+    """Phase 3e: 3c's rows and that muP LR-tuned at WIDEST (same flags; its grid centred
+    on 3c's best LR at the widest width it ran); the move over every 8x span."""
+    earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
+    if not earlier.is_file():
+        raise SystemExit(
+            f"--phases width-widest: {earlier} is missing; run --phases width-base first"
+        )
+    phase = json.loads(earlier.read_text())
+    rows = {int(w): r for w, r in phase["rows"].items()}
+    centre = 2.0 ** round(math.log2(rows[max(rows)]["best_lr"]))
+    rows[WIDEST] = width_row(store, model, data, phase["param"], phase["extra_args"], centre,
+                             WIDEST)  # fmt: skip
+    out = drift(phase["param"], phase["extra_args"], data, rows)
+    write_phase(STORE / model / f"width-{data}-{WIDEST_FILE}.json", out)
     return out
 
 
@@ -1709,12 +1708,12 @@ def width_report(model: str, overall: dict) -> list[str]:
 
 def drift_table(model: str, data: str, suffix: str, what: str, sp: dict,
                 overall: dict) -> list[str]:  # fmt: skip
-    """Phases 3b-3d: one muP's optimum at every width, its move over each 8x span and
+    """Phases 3b-3e: one muP's optimum at every width, its move over each 8x span and
     between neighbouring widths, and its loss against tuned SP (``sp``: the width phase's
-    rows) where SP ran at that width (nothing before the phase has run)."""
+    rows) where SP ran at that width; a line saying so before its phase has run."""
     file = STORE / model / f"width-{data}-{suffix}.json"
     if not file.is_file():
-        return []
+        return ["", f"Where muP's drift sits ({model}, {data}; {what.rstrip(':')}): not yet run."]
     result = json.loads(file.read_text())
     rows = {int(w): r for w, r in result["rows"].items()}
     lines = ["", f"### Where muP's drift sits ({model}, {data}; {what} grids at {len(rows)} "
@@ -1868,7 +1867,7 @@ def plot(models: list[str], data: str, png: Path) -> None:
             rows = entry["rows"]
             axis.plot(result["widths"], [rows[str(w)]["eta_opt"] for w in result["widths"]],
                       marker="o", label=param)  # fmt: skip
-        for suffix, (_, (label, linestyle, marker)) in DRIFT_FILES.items():  # 3b-3d
+        for suffix, (_, (label, linestyle, marker)) in DRIFT_FILES.items():  # 3b-3e
             more = STORE / model / f"width-{data}-{suffix}.json"
             if more.is_file():
                 rows = json.loads(more.read_text())["rows"]
