@@ -1194,8 +1194,8 @@ def power_of_two(key: str) -> float:
 
 def fine_drift(store: Store, model: str, data: str) -> dict:
     """Phase 3d: 3c's rows with seeds 0-2 at FINE_STEPS around each width's best mean; the
-    optimum from the means on that finer grid, its move over width, and what the base's
-    best LR costs at the widest width (both measured there, no parabola)."""
+    optimum from the means on that finer grid, its move over width, and what the move
+    costs at the widest width."""
     from megatron_power.sweep.fit import optimum
 
     earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
@@ -1226,15 +1226,46 @@ def fine_drift(store: Store, model: str, data: str) -> dict:
             "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
         }  # fmt: skip
     out = drift(f"{param}, x2**0.5 grid", extra, data, rows)
-    base, top = min(rows), max(rows)
-    at = rows[top]["seed_means"].get(f"{rows[base]['best_lr']:g}")
-    out["transfer_cost"] = None if at is None else {
-        "lr": rows[base]["best_lr"], "width": top, "loss": at, "cost": at - rows[top]["mean"],
-        "sd": math.hypot(rows[top]["seed_sds"][f"{rows[base]['best_lr']:g}"],
-                         rows[top]["sd"]) / math.sqrt(len(SEEDS)),
-    }  # fmt: skip
+    out["transfer_cost"] = transfer_cost(rows)
     write_phase(STORE / model / f"width-{data}-{FINE_FILE}.json", out)
     return out
+
+
+def transfer_cost(rows: dict[int, dict], draws: int = 2000) -> dict | None:
+    """What the optimum's move costs at the widest width: its loss at the base width's
+    optimum LR above its own optimum, from a quadratic in log2 LR through its 3-seed means
+    (the 16th-84th percentile with each mean redrawn within its standard error); None
+    where the base's optimum lies outside the LRs measured there."""
+    import numpy as np
+
+    from megatron_power.sweep.fit import optimum
+
+    base, top = rows[min(rows)], rows[max(rows)]
+    base_lrs = [float(lr) for lr in base["seed_means"]]
+    x = np.log2([float(lr) for lr in top["seed_means"]])
+
+    def cost(base_means: list[float], top_means: list[float]) -> float:
+        at = math.log2(optimum(base_lrs, base_means)[0])
+        curvature, slope, intercept = np.polyfit(x, top_means, 2)
+        if curvature <= 0 or not x.min() <= at <= x.max():
+            return math.nan
+        return float(np.polyval([curvature, slope, intercept], at)
+                     - (intercept - slope**2 / (4 * curvature)))  # fmt: skip
+
+    def means(row: dict, generator=None) -> list[float]:
+        noise = 0.0 if generator is None else generator.normal(size=len(row["seed_means"]))
+        sds = np.array([row["seed_sds"][lr] for lr in row["seed_means"]])
+        return list(
+            np.array(list(row["seed_means"].values())) + noise * sds / math.sqrt(len(SEEDS))
+        )
+
+    measured = cost(means(base), means(top))
+    if not math.isfinite(measured):
+        return None
+    generator = np.random.default_rng(0)
+    drawn = [cost(means(base, generator), means(top, generator)) for _ in range(draws)]
+    return {"lr": base["eta_opt"], "width": max(rows), "cost": measured,
+            "interval": [float(v) for v in np.nanpercentile(drawn, [16, 84])]}  # fmt: skip
 
 
 #: Phase 3e, the span README's advice relies on: the drift of the 64-wide-base tune sits
@@ -1748,9 +1779,10 @@ def drift_table(model: str, data: str, suffix: str, what: str, sp: dict,
     cost = result.get("transfer_cost")
     if cost is not None:
         overall[model][f"width-{data}-{suffix}"]["transfer_cost"] = cost
-        lines += ["", f"The base's best LR ({cost['lr']:.4g}) at width {cost['width']}: "
-                  f"{cost['loss']:.4f}, {cost['cost']:+.4f} ± {cost['sd']:.4f} nats against "
-                  "that width's best (3-seed means, both measured)."]  # fmt: skip
+        lines += ["", f"What the move costs at width {cost['width']}: its loss at the base "
+                  f"width's optimum LR ({cost['lr']:.4g}) is {cost['cost']:+.4f} nats "
+                  f"[{cost['interval'][0]:+.4f}, {cost['interval'][1]:+.4f}] above its own "
+                  "optimum (a quadratic in log2 LR through its 3-seed means)."]  # fmt: skip
     return lines
 
 
