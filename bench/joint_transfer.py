@@ -1194,8 +1194,7 @@ def power_of_two(key: str) -> float:
 
 def fine_drift(store: Store, model: str, data: str) -> dict:
     """Phase 3d: 3c's rows with seeds 0-2 at FINE_STEPS around each width's best mean; the
-    optimum from the means on that finer grid, its move over width, and what the move
-    costs at the widest width."""
+    optimum from the means on that finer grid and its move over width."""
     from megatron_power.sweep.fit import optimum
 
     earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
@@ -1226,21 +1225,19 @@ def fine_drift(store: Store, model: str, data: str) -> dict:
             "losses": losses, "mean": statistics.fmean(losses), "sd": statistics.stdev(losses),
         }  # fmt: skip
     out = drift(f"{param}, x2**0.5 grid", extra, data, rows)
-    out["transfer_cost"] = transfer_cost(rows)
     write_phase(STORE / model / f"width-{data}-{FINE_FILE}.json", out)
     return out
 
 
-def transfer_cost(rows: dict[int, dict], draws: int = 2000) -> dict | None:
-    """What the optimum's move costs at the widest width: its loss at the base width's
-    optimum LR above its own optimum, from a quadratic in log2 LR through its 3-seed means
-    (the 16th-84th percentile with each mean redrawn within its standard error); None
-    where the base's optimum lies outside the LRs measured there."""
+def transfer_cost(base: dict, top: dict, draws: int = 2000) -> dict | None:
+    """What the optimum's move costs at the wider width (row ``top``): its loss at the
+    narrower one's (``base``) optimum LR above its own optimum, from a quadratic in log2 LR
+    through its 3-seed means (the 16th-84th percentile with each mean redrawn within its
+    standard error); None where that LR lies outside the LRs with seeds there."""
     import numpy as np
 
     from megatron_power.sweep.fit import optimum
 
-    base, top = rows[min(rows)], rows[max(rows)]
     base_lrs = [float(lr) for lr in base["seed_means"]]
     x = np.log2([float(lr) for lr in top["seed_means"]])
 
@@ -1264,7 +1261,7 @@ def transfer_cost(rows: dict[int, dict], draws: int = 2000) -> dict | None:
         return None
     generator = np.random.default_rng(0)
     drawn = [cost(means(base, generator), means(top, generator)) for _ in range(draws)]
-    return {"lr": base["eta_opt"], "width": max(rows), "cost": measured,
+    return {"lr": base["eta_opt"], "cost": measured,
             "interval": [float(v) for v in np.nanpercentile(drawn, [16, 84])]}  # fmt: skip
 
 
@@ -1764,25 +1761,30 @@ def drift_table(model: str, data: str, suffix: str, what: str, sp: dict,
     steps = {f"{a}->{b}": math.log2(rows[b]["eta_opt"] / rows[a]["eta_opt"])
              for a, b in itertools.pairwise(widths)}  # fmt: skip
     spans = result["spans"]
+    costs = {span: transfer_cost(*(rows[int(w)] for w in span.split("-"))) for span in spans}
     overall.setdefault(model, {})[f"width-{data}-{suffix}"] = {
         "optimum": {str(w): r["eta_opt"] for w, r in rows.items()},
         "span_shift_x2_steps": {k: v["shift_x2_steps"] for k, v in spans.items()},
+        "span_cost_nats": costs,
         "step_x2_steps": steps,
     }
+
+    def cost(span: str) -> str:
+        if costs[span] is None:
+            return "cost not measured: the narrow optimum is outside the wide LRs with seeds"
+        low, high = costs[span]["interval"]
+        return f"costing {costs[span]['cost']:+.4f} nats [{low:+.4f}, {high:+.4f}]"
+
     lines += ["", "Optimum LR's move over 8x width (x2 steps, over every width measured in "
-              "the span; target <= 0.5; [16-84% range]): "
+              "the span; target <= 0.5; [16-84% range]), and what it costs (the wide width's "
+              "loss at the narrow one's optimum LR above its own, from a quadratic in log2 LR "
+              "through its 3-seed means): "
               + ", ".join(f"{k.replace('-', ' -> ')}: {v['shift_x2_steps']:.2f} "
                           f"[{v['shift_x2_steps_interval'][0]:.2f}, "
-                          f"{v['shift_x2_steps_interval'][1]:.2f}]" for k, v in spans.items())
+                          f"{v['shift_x2_steps_interval'][1]:.2f}], {cost(k)}"
+                          for k, v in spans.items())
               + ". Between neighbouring widths (signed, + = the optimum rises): "
               + ", ".join(f"{k} {v:+.2f}" for k, v in steps.items()) + "."]  # fmt: skip
-    cost = result.get("transfer_cost")
-    if cost is not None:
-        overall[model][f"width-{data}-{suffix}"]["transfer_cost"] = cost
-        lines += ["", f"What the move costs at width {cost['width']}: its loss at the base "
-                  f"width's optimum LR ({cost['lr']:.4g}) is {cost['cost']:+.4f} nats "
-                  f"[{cost['interval'][0]:+.4f}, {cost['interval'][1]:+.4f}] above its own "
-                  "optimum (a quadratic in log2 LR through its 3-seed means)."]  # fmt: skip
     return lines
 
 
