@@ -1184,6 +1184,14 @@ def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
 FINE_STEPS = [-0.5, 0.5]
 
 
+def wide_base_result(model: str, data: str, phase: str) -> dict:
+    """Phase 3c's results file, which ``phase`` builds on."""
+    path = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
+    if not path.is_file():
+        raise SystemExit(f"--phases {phase}: {path} is missing; run --phases width-base first")
+    return json.loads(path.read_text())
+
+
 def power_of_two(key: str) -> float:
     """The LR a results file's key (printed to 6 digits) names on a grid of powers of 2."""
     exact = 2.0 ** round(math.log2(float(key)))
@@ -1197,12 +1205,7 @@ def fine_drift(store: Store, model: str, data: str) -> dict:
     optimum from the means on that finer grid and its move over width."""
     from megatron_power.sweep.fit import optimum
 
-    earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
-    if not earlier.is_file():
-        raise SystemExit(
-            f"--phases width-fine: {earlier} is missing; run --phases width-base first"
-        )
-    phase = json.loads(earlier.read_text())
+    phase = wide_base_result(model, data, "width-fine")
     param, extra = phase["param"], phase["extra_args"]
     rows = {}
     for width in map(int, phase["rows"]):
@@ -1265,18 +1268,12 @@ def transfer_cost(base: dict, top: dict, draws: int = 2000) -> dict | None:
             "interval": [float(v) for v in np.nanpercentile(drawn, [16, 84])]}  # fmt: skip
 
 
-#: Phase 3e, the span README's advice relies on: the drift of the 64-wide-base tune sits
-#: just above its base (on the Markov source -0.36, -0.24, -0.10 x2-steps per doubling from
-#: 64), so tuning the LR at twice the base and training 8x wider than that is 128 -> 1024.
 def widest(store: Store, model: str, data: str) -> dict:
     """Phase 3e: 3c's rows and that muP LR-tuned at WIDEST (same flags; its grid centred
-    on 3c's best LR at the widest width it ran); the move over every 8x span."""
-    earlier = STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json"
-    if not earlier.is_file():
-        raise SystemExit(
-            f"--phases width-widest: {earlier} is missing; run --phases width-base first"
-        )
-    phase = json.loads(earlier.read_text())
+    on 3c's best LR at the widest width it ran); the move over every 8x span. The drift of
+    the 64-wide-base tune sits just above its base (Markov: -0.36, -0.24, -0.10 x2-steps
+    per doubling), so README's advice (tune the LR at twice the base) spans 128 -> 1024."""
+    phase = wide_base_result(model, data, "width-widest")
     rows = {int(w): r for w, r in phase["rows"].items()}
     centre = 2.0 ** round(math.log2(rows[max(rows)]["best_lr"]))
     rows[WIDEST] = width_row(store, model, data, phase["param"], phase["extra_args"], centre,
