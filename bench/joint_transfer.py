@@ -47,8 +47,9 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    3c. the fix for tuned muP's drift (``--phases width-base``): mup-tune at a 64-wide
    base, then that muP LR-tuned at widths 64-512, against tuned SP where it was measured;
    3d. how finely 3c's optimum is measured (``--phases width-fine``): seeds 0-2 also at
-   x2**(+-1/2) around each width's best LR, the optimum on that grid, and what the base's
-   best LR costs at 512;
+   x2**(+-1/2) around each width's best LR, and the optimum on that grid (every drift
+   table also says what each span's move costs: the wide width's loss at the narrow
+   width's optimum LR above its own);
    3e. that muP also at width 1024 (``--phases width-widest``): the span from twice its
    base, 128 -> 1024;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
@@ -1252,18 +1253,13 @@ def transfer_cost(base: dict, top: dict, draws: int = 2000) -> dict | None:
         return float(np.polyval([curvature, slope, intercept], at)
                      - (intercept - slope**2 / (4 * curvature)))  # fmt: skip
 
-    def means(row: dict, generator=None) -> list[float]:
-        noise = 0.0 if generator is None else generator.normal(size=len(row["seed_means"]))
-        sds = np.array([row["seed_sds"][lr] for lr in row["seed_means"]])
-        return list(
-            np.array(list(row["seed_means"].values())) + noise * sds / math.sqrt(len(SEEDS))
-        )
-
-    measured = cost(means(base), means(top))
+    measured = cost(list(base["seed_means"].values()), list(top["seed_means"].values()))
     if not math.isfinite(measured):
         return None
     generator = np.random.default_rng(0)
-    drawn = [cost(means(base, generator), means(top, generator)) for _ in range(draws)]
+    drawn = [
+        cost(redrawn_means(base, generator), redrawn_means(top, generator)) for _ in range(draws)
+    ]
     return {"lr": base["eta_opt"], "cost": measured,
             "interval": [float(v) for v in np.nanpercentile(drawn, [16, 84])]}  # fmt: skip
 
@@ -1307,6 +1303,12 @@ def seed_means(store: Store, name: str, make, grid: dict[float, float], what: st
             return means, sds
 
 
+def redrawn_means(row: dict, generator) -> list[float]:
+    """A width row's 3-seed means, each redrawn within its standard error."""
+    return [mean + generator.normal() * row["seed_sds"][lr] / math.sqrt(len(SEEDS))
+            for lr, mean in row["seed_means"].items()]  # fmt: skip
+
+
 def shift_interval(rows: dict[int, dict], draws: int = 2000) -> list[float]:
     """The 16th-84th percentile of the optimum's move over width (x2 steps) when each seed
     mean is redrawn within its standard error: how far the measured move can be trusted."""
@@ -1320,9 +1322,7 @@ def shift_interval(rows: dict[int, dict], draws: int = 2000) -> list[float]:
         optima = []
         for row in rows.values():
             lrs = [float(lr) for lr in row["seed_means"]]
-            drawn = [mean + generator.normal() * row["seed_sds"][lr] / math.sqrt(len(SEEDS))
-                     for lr, mean in row["seed_means"].items()]  # fmt: skip
-            optima.append(optimum(lrs, drawn)[0])
+            optima.append(optimum(lrs, redrawn_means(row, generator))[0])
         shifts.append(math.log2(max(optima) / min(optima)))
     return [float(v) for v in np.percentile(shifts, [16, 84])]
 
