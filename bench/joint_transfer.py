@@ -52,6 +52,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    width's optimum LR above its own);
    3e. that muP also at width 1024 (``--phases width-widest``): the span from twice its
    base, 128 -> 1024;
+   3f. which of the base's multipliers moves the optimum (``--phases width-knobs``): every
+   setting 3c's tune tried, LR-tuned at its base and twice it (the step holding most drift);
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
@@ -1279,6 +1281,50 @@ def widest(store: Store, model: str, data: str) -> dict:
     return out
 
 
+#: Phase 3f, which of the base's multipliers moves the optimum: every setting mup-tune tried
+#: at the 64-wide base (its coordinate path: the readout, then the embedding multiplier,
+#: then the init std, one at a time), LR-tuned at the base and twice it, the step that
+#: holds half of 3c's drift on the Markov source (-0.36 of 0.70 x2-steps).
+KNOB_WIDTHS = [WIDE_BASE, 2 * WIDE_BASE]
+KNOBS_FILE = f"{WIDE_BASE_FILE}-knobs"
+KNOB_FLAGS = {"output_multiplier": "--mup-output-multiplier",
+              "embedding_multiplier": "--mup-embedding-multiplier",
+              "init_std": "--mup-init-std"}  # fmt: skip
+
+
+def knob_drift(store: Store, model: str, data: str, data_flags: str) -> dict:
+    """Phase 3f: each of 3c's tune's candidates LR-tuned at KNOB_WIDTHS (as width_row; the
+    chosen one's rows are 3c's own) and its optimum's step between them."""
+    phase = wide_base_result(model, data, "width-knobs")
+    tune = phase["tune"]
+    candidates = []
+    for tried in tune["tried"]:
+        flags = f"--mup-base-hidden-size {WIDE_BASE} " + " ".join(
+            f"{flag} {tried['values'][field]:g}" for field, flag in KNOB_FLAGS.items()
+        )
+        extra = merged_flags(f"{MODELS[model]} {MUP} {flags} {data_flags}")
+        if extra.split() == phase["extra_args"].split():
+            rows = {w: phase["rows"][str(w)] for w in KNOB_WIDTHS}
+        else:
+            param = "muP tuned w{} knobs/{}".format(
+                WIDE_BASE, ",".join(f"{field}={tried['values'][field]:g}" for field in KNOB_FLAGS)
+            )
+            centre = 2.0 ** round(math.log2(tried["best_lr"]))
+            rows = {w: width_row(store, model, data, param, extra, centre, w)
+                    for w in KNOB_WIDTHS}  # fmt: skip
+        low, high = (rows[w] for w in KNOB_WIDTHS)
+        candidates.append({
+            "values": tried["values"], "tune_loss": tried["best_loss"], "extra_args": extra,
+            "rows": {str(w): r for w, r in rows.items()},
+            "step_x2_steps": math.log2(high["eta_opt"] / low["eta_opt"]),
+            "step_x2_steps_interval": shift_interval(rows),
+        })  # fmt: skip
+    out = {"data": data, "widths": KNOB_WIDTHS, "chosen": tune["chosen"],
+           "candidates": candidates}  # fmt: skip
+    write_phase(STORE / model / f"width-{data}-{KNOBS_FILE}.json", out)
+    return out
+
+
 def seed_means(store: Store, name: str, make, grid: dict[float, float], what: str):
     """({LR: mean loss of seeds 0-2}, {LR: their sd}) at the seed-0 grid's best LR and its
     neighbours, widened while the mean's best sits at an end of the LRs with seeds: one
@@ -1728,6 +1774,42 @@ def width_report(model: str, overall: dict) -> list[str]:
         sp = json.loads(phase3.read_text())["params"]["SP"]["rows"] if phase3.is_file() else {}
         for suffix, (what, _) in DRIFT_FILES.items():
             lines += drift_table(model, data, suffix, what, sp, overall)
+        lines += knob_table(model, data, overall)
+    return lines
+
+
+def knob_table(model: str, data: str, overall: dict) -> list[str]:
+    """Phase 3f: each multiplier setting mup-tune tried, its optimum at the base and twice
+    the base, and the step between them; a line saying so before the phase has run."""
+    file = STORE / model / f"width-{data}-{KNOBS_FILE}.json"
+    what = f"mup-tune's candidates at the {WIDE_BASE}-wide base, `--phases width-knobs`"
+    if not file.is_file():
+        return ["", f"Which multiplier moves the optimum ({model}, {data}; {what}): not yet run."]
+    result = json.loads(file.read_text())
+    low, high = map(str, result["widths"])
+    lines = ["", f"### Which multiplier moves the optimum ({model}, {data}; {what}: each "
+             f"LR-tuned at widths {low} and {high})", "",
+             f"| readout | embedding | init std | loss at {low} | optimum {low} | "
+             f"loss at {high} | optimum {high} | step (x2 steps) [16-84% of its size] |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    steps = {}
+    for candidate in result["candidates"]:
+        values, rows = candidate["values"], candidate["rows"]
+        mark = " (chosen)" if values == result["chosen"] else ""
+        interval = candidate["step_x2_steps_interval"]
+        key = ",".join(f"{values[field]:g}" for field in KNOB_FLAGS)
+        steps[key] = candidate["step_x2_steps"]
+        lines.append(
+            f"| {values['output_multiplier']:g} | {values['embedding_multiplier']:g} | "
+            f"{values['init_std']:g}{mark} | {fmt(rows[low])} | "
+            f"{rows[low]['eta_opt']:.4g}{'*' if rows[low]['on_edge'] else ''} | "
+            f"{fmt(rows[high])} | {rows[high]['eta_opt']:.4g}"
+            f"{'*' if rows[high]['on_edge'] else ''} | {candidate['step_x2_steps']:+.2f} "
+            f"[{interval[0]:.2f}, {interval[1]:.2f}] |"
+        )  # fmt: skip
+    overall.setdefault(model, {})[f"width-{data}-{KNOBS_FILE}"] = {
+        "step_x2_steps (readout,embedding,init_std)": steps
+    }
     return lines
 
 
@@ -1939,6 +2021,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             fine_drift(store, model, data)
         for data in args.width_data if "width-widest" in args.phases else []:
             widest(store, model, data)
+        for data in args.width_data if "width-knobs" in args.phases else []:
+            knob_drift(store, model, data, text_flags() if data == "text" else "")
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
                 "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
@@ -1975,7 +2059,7 @@ def main() -> None:
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
               "batch-rule", "tail-shape", "width", "width-more", "width-base",
-              "width-fine", "width-widest"]  # fmt: skip
+              "width-fine", "width-widest", "width-knobs"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
