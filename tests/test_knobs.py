@@ -240,7 +240,7 @@ def test_every_mup_knob_reaches_mup_config_from_the_launcher_and_pretrain(readou
     chosen = {"base_hidden_size": 32, "embedding_multiplier": 3.0, "residual_multiplier": 0.7,
               "residual_rule": "completep", "base_num_layers": 2, "base_head_dim": 8,
               "attention_scale": 0.1, "logits_scale": None, "output_multiplier": 1.0,
-              "init_std": 0.01, "depth_scaled_output_init": False,
+              "init_std": 0.01, "readout_init_std": 0.0, "depth_scaled_output_init": False,
               "base_moe_ffn_hidden_size": 16, "router": "readout", "scale_adam_eps": True,
               "weight_decay": "independent", **readout}  # fmt: skip
     assert set(chosen) == {item.name for item in dataclasses.fields(MupConfig)}

@@ -140,6 +140,8 @@ def apply_mup(model: torch.nn.Module, mup: MupConfig | None) -> torch.nn.Module:
         raise ValueError("apply_mup: already applied to this model")
     config = model.config
     rules = mup_rules(config, mup)
+    if getattr(model, "share_embeddings_and_output_weights", False):  # no readout_init_std
+        mup.resolve(dataclasses.replace(model_shape(config), tied_readout=True))
     if config.softmax_scale != rules.softmax_scale:
         raise ValueError(
             "apply_mup: the model was not built from mup_transformer_config(config, mup) "

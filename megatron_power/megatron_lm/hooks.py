@@ -159,7 +159,8 @@ def _model_shape(args: argparse.Namespace) -> ModelShape:
     moe_ffn = (
         getattr(args, "moe_ffn_hidden_size", None) if getattr(args, "num_experts", None) else None
     )
-    return ModelShape(args.hidden_size, args.num_layers, head_dim, moe_ffn)
+    tied = not getattr(args, "untie_embeddings_and_output_weights", False)
+    return ModelShape(args.hidden_size, args.num_layers, head_dim, moe_ffn, tied_readout=tied)
 
 
 def with_mup_config(build_config: Callable) -> Callable:

@@ -16,6 +16,8 @@ expert fc2             init_std / sqrt(m_e)        lr / m_e            (m_e: exp
 router                 per ``router`` rule (below)
 vector (norm, bias)    unchanged                   lr
 readout (output layer) init_std                    lr                  logits x m_out / m
+                         [readout_init_std if set;
+                          0: zero at every width]
 attention              -                           -                   QK^T * sqrt(d0)/d
 =====================  ==========================  ==================  =================
 
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ..knobs import POSITIVE, POSITIVE_COUNT, knob, validate_knobs
+from ..knobs import NON_NEGATIVE, POSITIVE, POSITIVE_COUNT, knob, validate_knobs
 
 RESIDUAL_RULES = ("constant", "minicpm", "completep")
 ROUTER_RULES = ("hidden", "readout", "unscaled")
@@ -138,6 +140,7 @@ class ModelShape:
     num_layers: int
     head_dim: int
     moe_ffn_hidden_size: int | None = None
+    tied_readout: bool = False  # the readout shares the input embedding's weight
 
 
 def _mup_knob(default, help, name, **meta):
@@ -206,6 +209,14 @@ class MupConfig:
         "Base init std (default the model's init_method_std).",
         "init-std",
         check=POSITIVE,
+    )
+    readout_init_std: float | None = _mup_knob(
+        None,
+        "Readout init std (default the base init std); 0 starts the logits at zero at every "
+        "width (muTransfer's advice: random readout logits shrink as 1/sqrt(m), so a narrow "
+        "base is tuned against noise that wide models lack).",
+        "readout-init-std",
+        check=NON_NEGATIVE,
     )
     depth_scaled_output_init: bool = knob(
         True,
@@ -296,6 +307,12 @@ class MupConfig:
                 f"base_hidden_size: {self.base_hidden_size} does not divide hidden_size "
                 f"{shape.hidden_size}"
             )
+        if shape.tied_readout and self.readout_init_std is not None:
+            raise ValueError(
+                f"readout_init_std: {self.readout_init_std:g} cannot apply, the readout is tied "
+                "to the input embedding (it is initialised as the embedding); untie them or "
+                "drop it"
+            )
         width_mult = shape.hidden_size / self.base_hidden_size
         expert_mult = width_mult
         if self.base_moe_ffn_hidden_size is not None:
@@ -365,6 +382,8 @@ class MupRules:
         """Init std for the role; None for vectors (norms, biases keep their init)."""
         if role is ParamRole.VECTOR:
             return None
+        if role is ParamRole.READOUT and self.config.readout_init_std is not None:
+            return self.config.readout_init_std
         std = self.init_std / math.sqrt(self.fan_in_ratio(role))
         if self.config.depth_scaled_output_init and role in (
             ParamRole.OUTPUT_PROJECTION,

@@ -286,7 +286,13 @@ class PretrainConfig:
         try:
             mup = self.mup_config()
             if mup is not None:
-                mup.resolve(ModelShape(self.hidden_size, self.num_layers, self.head_dim))
+                shape = ModelShape(
+                    self.hidden_size,
+                    self.num_layers,
+                    self.head_dim,
+                    tied_readout=self.share_embeddings,
+                )
+                mup.resolve(shape)
         except ValueError as error:
             raise ValueError(name_the_mup_flag(str(error))) from None
 

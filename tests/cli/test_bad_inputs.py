@@ -124,6 +124,7 @@ ROWS = [
     Row("no-mup-with-mup-flags", [*P, "--no-mup", "--mup-base-hidden-size", "32"], "--mup-base-hidden-size: not applied with --no-mup"),
     Row("mup-base-zero", [*P, "--mup-base-hidden-size", "0"], "--mup-base-hidden-size"),
     Row("mup-multiplier-nan", [*P, "--mup-embedding-multiplier", "nan"], "--mup-embedding-multiplier"),
+    Row("mup-readout-init-std-negative", [*P, "--mup-readout-init-std", "-0.02"], "--mup-readout-init-std"),
     Row("mup-output-multiplier-with-logits-scale", [*P, "--mup-output-multiplier", "2", "--mup-logits-scale", "9"], "--mup-output-multiplier (output_multiplier): 2 is not applied when logits_scale sets the logits divisor outright"),
     # ------------------------------------------------ pretrain: branches
     Row("init-from-not-a-checkpoint", ["pretrain", "--init-from", "other.txt", "--run-dir", "b", "--branch-decay-tokens", "4096"], "--init-from: other.txt is not a run's checkpoints/iter_N directory"),

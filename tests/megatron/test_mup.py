@@ -261,6 +261,31 @@ def test_minicpm_preset_equals_the_minicpm_formulas():
     torch.testing.assert_close(megatron_logits(model, tokens), reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("readout_std", [0.0, 0.01])
+def test_readout_init_std_rescales_the_readout_and_nothing_else(readout_std):
+    """The readout starts from its own std (the same draw rescaled; 0: zero logits at
+    every width); every other parameter is the one built without it, seed for seed."""
+    config = tiny_config(hidden=256, init_method_std=0.05)
+    torch.manual_seed(3)
+    plain = build_gpt(config, MupConfig(base_hidden_size=64))
+    torch.manual_seed(3)
+    model = build_gpt(config, MupConfig(base_hidden_size=64, readout_init_std=readout_std))
+    for (name, a), (_, b) in zip(plain.named_parameters(), model.named_parameters(), strict=True):
+        if name == "output_layer.weight":
+            torch.testing.assert_close(b, a * (readout_std / 0.05))
+            assert b.std().item() == pytest.approx(readout_std, rel=0.05)
+        else:
+            assert torch.equal(a, b), name
+    logits = megatron_logits(model, batch()[0])
+    assert (logits.abs().max().item() == 0.0) == (readout_std == 0.0)
+
+
+def test_readout_init_std_is_refused_for_a_tied_readout():
+    with pytest.raises(ValueError, match=r"^readout_init_std: 0 cannot apply, the readout is tied"):
+        build_gpt(tiny_config(), MupConfig(base_hidden_size=64, readout_init_std=0.0),
+                  share_embeddings_and_output_weights=True)  # fmt: skip
+
+
 def test_output_multiplier_scales_the_logits_on_top_of_the_width_rule():
     # muTransfer's readout multiplier, tuned at the base width: logits x m_out / m.
     mup = MupConfig(base_hidden_size=32, embedding_multiplier=4.0, output_multiplier=3.0)

@@ -158,3 +158,15 @@ def test_real_tree_refuses_plugin_mup_with_a_base_that_does_not_divide(megatron_
     result = run_in_tree(megatron_lm_tree, "--power-mup", "--power-mup-base-hidden-size", "48")
     assert result.returncode == 2
     assert "--power-mup-base-hidden-size (base_hidden_size): 48 does not divide" in result.stderr
+
+
+def test_real_tree_refuses_a_readout_init_std_for_its_tied_readout(megatron_lm_tree):
+    # Megatron-LM ties the readout to the embedding unless --untie-embeddings-and-output-weights.
+    flags = ("--power-mup", "--power-mup-base-hidden-size", "16",
+             "--power-mup-readout-init-std", "0")  # fmt: skip
+    result = run_in_tree(megatron_lm_tree, *flags)
+    assert result.returncode == 2
+    assert ("--power-mup-readout-init-std (readout_init_std): 0 cannot apply, the readout is "
+            "tied") in result.stderr  # fmt: skip
+    untied = run_in_tree(megatron_lm_tree, *flags, "--untie-embeddings-and-output-weights")
+    assert untied.returncode == 0, untied.stderr[-3000:]

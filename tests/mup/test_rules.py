@@ -1,5 +1,6 @@
 """The pure muP rule table, presets and validation."""
 
+import dataclasses
 import math
 
 import pytest
@@ -47,6 +48,22 @@ def test_router_rules_and_options():
     assert options.eps_mult(ParamRole.HIDDEN) == 0.25 and options.eps_mult(ParamRole.VECTOR) == 1
     assert options.wd_mult(ParamRole.HIDDEN) == 4.0 and options.wd_mult(ParamRole.EMBEDDING) == 1
     assert options.init_std_for(ParamRole.OUTPUT_PROJECTION) == 0.05
+
+
+def test_readout_init_std_sets_the_readout_alone_and_needs_an_untied_readout():
+    rules = MupConfig(base_hidden_size=256, readout_init_std=0.0).resolve(SHAPE, 0.1)
+    assert rules.init_std_for(ParamRole.READOUT) == 0.0
+    # Every other role keeps the table's std (worked out in test_rule_table_by_hand).
+    assert rules.init_std_for(ParamRole.EMBEDDING) == 0.1
+    assert rules.init_std_for(ParamRole.HIDDEN) == pytest.approx(0.05)
+    default = MupConfig(base_hidden_size=256).resolve(SHAPE, 0.1)
+    assert default.init_std_for(ParamRole.READOUT) == 0.1
+    tied = dataclasses.replace(SHAPE, tied_readout=True)
+    with pytest.raises(ValueError, match=r"^readout_init_std: 0.01 cannot apply, the readout is"):
+        MupConfig(base_hidden_size=256, readout_init_std=0.01).resolve(tied)
+    assert MupConfig(base_hidden_size=256).resolve(tied).init_std_for(ParamRole.READOUT) == 0.02
+    with pytest.raises(ValueError, match=r"^readout_init_std"):
+        MupConfig(base_hidden_size=256, readout_init_std=-0.01)
 
 
 def test_attention_scale_reproduces_standard_attention_at_the_base_head_dim():
