@@ -54,6 +54,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    base, 128 -> 1024;
    3f. which of the base's multipliers moves the optimum (``--phases width-knobs``): every
    setting 3c's tune tried, LR-tuned at its base and twice it (the step holding most drift);
+   3g. the fix 3f points to (``--phases width-zero-readout``): 3c's muP with its readout
+   initialised to zero (``--mup-readout-init-std 0``), LR-tuned at widths 64-512;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
@@ -1148,6 +1150,7 @@ WIDE_BASE_FILE = f"tuned-w{WIDE_BASE}"  # width-<data>-<this>.json
 FINE_FILE = f"{WIDE_BASE_FILE}-fine"  # phase 3d's (below)
 WIDEST = 16 * WIDE_BASE
 WIDEST_FILE = f"{WIDE_BASE_FILE}-w{WIDEST}"  # phase 3e's (below)
+ZERO_READOUT_FILE = f"{WIDE_BASE_FILE}-zero-readout"  # phase 3g's (below)
 #: Phases 3b-3e's files (width-<data>-<key>.json): their table's heading, and their
 #: line in the optimum-vs-width plot (label, linestyle, marker).
 DRIFT_FILES = {
@@ -1163,6 +1166,9 @@ DRIFT_FILES = {
     WIDEST_FILE: (f"the same muP at a {WIDE_BASE}-wide base, also LR-tuned at width {WIDEST}, "
                   "`--phases width-widest`:", (f"muP tuned at base {WIDE_BASE}, to {WIDEST}",
                                                ":", "^")),
+    ZERO_READOUT_FILE: (f"the same muP at a {WIDE_BASE}-wide base with its readout initialised "
+                        "to zero, `--phases width-zero-readout`:",
+                        (f"muP tuned at base {WIDE_BASE}, zero readout", "-", "*")),
 }  # fmt: skip
 
 
@@ -1322,6 +1328,27 @@ def knob_drift(store: Store, model: str, data: str, data_flags: str) -> dict:
     out = {"data": data, "widths": KNOB_WIDTHS, "chosen": tune["chosen"],
            "candidates": candidates}  # fmt: skip
     write_phase(STORE / model / f"width-{data}-{KNOBS_FILE}.json", out)
+    return out
+
+
+#: Phase 3g, the fix 3f points to. The step from the base grows with the readout
+#: multiplier (dense Markov, 64 -> 128: -0.02, -0.16, -0.30, -0.68 x2-steps at readout 0.25,
+#: 1, 4, 16), and a random readout's logits at init scale as readout x init std / sqrt(m):
+#: noise the narrow base is tuned against and wide models lack. muTransfer initialises the
+#: readout to zero (Yang et al. 2022, appendix D.2), which removes that term at every width.
+ZERO_READOUT = "--mup-readout-init-std 0"
+
+
+def zero_readout(store: Store, model: str, data: str) -> dict:
+    """Phase 3g: 3c's muP with ZERO_READOUT, LR-tuned at WIDE_BASE_WIDTHS (grids centred on
+    3c's best LR at the base); its optimum's move over width."""
+    phase = wide_base_result(model, data, "width-zero-readout")
+    param = f"{phase['param']} zero readout"
+    extra = merged_flags(f"{phase['extra_args']} {ZERO_READOUT}")
+    centre = 2.0 ** round(math.log2(phase["rows"][str(WIDE_BASE)]["best_lr"]))
+    rows = {w: width_row(store, model, data, param, extra, centre, w) for w in WIDE_BASE_WIDTHS}
+    out = drift(param, extra, data, rows)
+    write_phase(STORE / model / f"width-{data}-{ZERO_READOUT_FILE}.json", out)
     return out
 
 
@@ -2023,6 +2050,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             widest(store, model, data)
         for data in args.width_data if "width-knobs" in args.phases else []:
             knob_drift(store, model, data, text_flags() if data == "text" else "")
+        for data in args.width_data if "width-zero-readout" in args.phases else []:
+            zero_readout(store, model, data)
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
                 "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
@@ -2059,7 +2088,7 @@ def main() -> None:
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
               "batch-rule", "tail-shape", "width", "width-more", "width-base",
-              "width-fine", "width-widest", "width-knobs"]  # fmt: skip
+              "width-fine", "width-widest", "width-knobs", "width-zero-readout"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
