@@ -56,6 +56,8 @@ schedules, dense and MoE, against cosine and WSD tuned in each of those cells.
    setting 3c's tune tried, LR-tuned at its base and twice it (the step holding most drift);
    3g. the fix 3f points to (``--phases width-zero-readout``): 3c's muP with its readout
    initialised to zero (``--mup-readout-init-std 0``), LR-tuned at widths 64-512;
+   3h. the same with the multipliers tuned for a zero readout (``--phases
+   width-zero-readout-tuned``): mup-tune at the 64-wide base with it, then widths 64-512;
 4. report per cell and overall: loss ratio Power / best tuned (mean of 3 seeds, spread)
    and, on the Markov source whose entropy rate H is known, the excess-loss ratio
    (loss - H) / (best tuned - H).
@@ -959,13 +961,17 @@ def edge_gain(tried: list[dict], field: str, values: list[float], chosen: float)
     return max(gains, default=math.inf)
 
 
-def tuned_mup(store: Store, model: str, data: str, data_flags: str, base: int = BASE) -> dict:
-    """``megatron-power mup-tune`` at the base width ``base``: the base model's own
-    multipliers, each candidate list, and the LRs, grown by one step while the tune's
-    choice sits on its edge (a large readout multiplier moves the best LR below the first
-    list) and, for a multiplier, beat its neighbour there by more than FLAT_GAIN."""
+def tuned_mup(store: Store, model: str, data: str, data_flags: str, base: int = BASE,
+              readout: str = "") -> dict:  # fmt: skip
+    """``megatron-power mup-tune`` at the base width ``base`` (``readout``: ZERO_READOUT or
+    nothing): the base model's own multipliers, each candidate list, and the LRs, grown by
+    one step while the tune's choice sits on its edge (a large readout multiplier moves the
+    best LR below the first list) and, for a multiplier, beat its neighbour there by more
+    than FLAT_GAIN."""
     name = f"{model}/mup-tune-{data}" + ("" if base == BASE else f"-w{base}")
+    name += "-zero-readout" if readout else ""
     extra = f"{MODELS[model]} --mup-residual-multiplier 0.5 {data_flags}".strip()
+    extra += f" {readout}" if readout else ""
     if store.pool.dry_run:
         return finished_tune(name, extra)
     store.restore(name)
@@ -1151,6 +1157,7 @@ FINE_FILE = f"{WIDE_BASE_FILE}-fine"  # phase 3d's (below)
 WIDEST = 16 * WIDE_BASE
 WIDEST_FILE = f"{WIDE_BASE_FILE}-w{WIDEST}"  # phase 3e's (below)
 ZERO_READOUT_FILE = f"{WIDE_BASE_FILE}-zero-readout"  # phase 3g's (below)
+ZERO_READOUT_TUNED_FILE = f"{ZERO_READOUT_FILE}-tuned"  # phase 3h's (below)
 #: Phases 3b-3e's files (width-<data>-<key>.json): their table's heading, and their
 #: line in the optimum-vs-width plot (label, linestyle, marker).
 DRIFT_FILES = {
@@ -1169,6 +1176,10 @@ DRIFT_FILES = {
     ZERO_READOUT_FILE: (f"the same muP at a {WIDE_BASE}-wide base with its readout initialised "
                         "to zero, `--phases width-zero-readout`:",
                         (f"muP tuned at base {WIDE_BASE}, zero readout", "-", "*")),
+    ZERO_READOUT_TUNED_FILE: (f"muP with its readout initialised to zero and mup-tune's "
+                              f"multipliers for it at a {WIDE_BASE}-wide base, `--phases "
+                              "width-zero-readout-tuned`:",
+                              (f"muP tuned for a zero readout at base {WIDE_BASE}", "-", "P")),
 }  # fmt: skip
 
 
@@ -1337,6 +1348,19 @@ def knob_drift(store: Store, model: str, data: str, data_flags: str) -> dict:
 #: noise the narrow base is tuned against and wide models lack. muTransfer initialises the
 #: readout to zero (Yang et al. 2022, appendix D.2), which removes that term at every width.
 ZERO_READOUT = "--mup-readout-init-std 0"
+
+
+def zero_readout_tuned(store: Store, model: str, data: str, data_flags: str) -> dict:
+    """Phase 3h: mup-tune at WIDE_BASE with ZERO_READOUT (its multipliers chosen for a zero
+    readout, as muTransfer tunes them), then that muP LR-tuned at WIDE_BASE_WIDTHS."""
+    tune = tuned_mup(store, model, data, data_flags, WIDE_BASE, ZERO_READOUT)
+    param = f"muP tuned w{WIDE_BASE} zero readout retuned"
+    extra = merged_flags(f"{MODELS[model]} {MUP} {tune['flags']} {data_flags} {ZERO_READOUT}")
+    centre = 2.0 ** round(math.log2(tune["best_lr"]))
+    rows = {w: width_row(store, model, data, param, extra, centre, w) for w in WIDE_BASE_WIDTHS}
+    out = {**drift(param, extra, data, rows), "tune": tune}
+    write_phase(STORE / model / f"width-{data}-{ZERO_READOUT_TUNED_FILE}.json", out)
+    return out
 
 
 def zero_readout(store: Store, model: str, data: str) -> dict:
@@ -2052,6 +2076,8 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
             knob_drift(store, model, data, text_flags() if data == "text" else "")
         for data in args.width_data if "width-zero-readout" in args.phases else []:
             zero_readout(store, model, data)
+        for data in args.width_data if "width-zero-readout-tuned" in args.phases else []:
+            zero_readout_tuned(store, model, data, text_flags() if data == "text" else "")
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
                 "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
@@ -2088,7 +2114,8 @@ def main() -> None:
                         default=[c.name for c in CELLS])  # fmt: skip
     phases = ["cells", "long-fit", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
               "batch-rule", "tail-shape", "width", "width-more", "width-base",
-              "width-fine", "width-widest", "width-knobs", "width-zero-readout"]  # fmt: skip
+              "width-fine", "width-widest", "width-knobs", "width-zero-readout",
+              "width-zero-readout-tuned"]  # fmt: skip
     parser.add_argument("--phases", nargs="+", choices=phases, default=phases)
     parser.add_argument("--width-data", nargs="+", choices=WIDTH_DATA, default=WIDTH_DATA,
                         help="the data sets of the width phases")  # fmt: skip
