@@ -1183,16 +1183,19 @@ DRIFT_FILES = {
 }  # fmt: skip
 
 
-def wide_base(store: Store, model: str, data: str, data_flags: str) -> dict:
+def wide_base(store: Store, model: str, data: str, data_flags: str, readout: str = "") -> dict:
     """Phase 3c: mup-tune at WIDE_BASE, then its muP's optimum at WIDE_BASE_WIDTHS (each
-    grid centred on the tune's best LR, grown until interior; seeds 0-2 around the best)."""
-    tune = tuned_mup(store, model, data, data_flags, WIDE_BASE)
-    param = f"muP tuned w{WIDE_BASE}"
-    extra = merged_flags(f"{MODELS[model]} {MUP} {tune['flags']} {data_flags}")
+    grid centred on the tune's best LR, grown until interior; seeds 0-2 around the best).
+    Phase 3h with ``readout`` ZERO_READOUT: the tune, too, with a zero readout (its
+    multipliers chosen for it, as muTransfer tunes them)."""
+    tune = tuned_mup(store, model, data, data_flags, WIDE_BASE, readout)
+    param = f"muP tuned w{WIDE_BASE}" + (" zero readout retuned" if readout else "")
+    extra = merged_flags(f"{MODELS[model]} {MUP} {tune['flags']} {data_flags} {readout}")
     centre = 2.0 ** round(math.log2(tune["best_lr"]))
     rows = {w: width_row(store, model, data, param, extra, centre, w) for w in WIDE_BASE_WIDTHS}
     out = {**drift(param, extra, data, rows), "tune": tune}
-    write_phase(STORE / model / f"width-{data}-{WIDE_BASE_FILE}.json", out)
+    file = ZERO_READOUT_TUNED_FILE if readout else WIDE_BASE_FILE
+    write_phase(STORE / model / f"width-{data}-{file}.json", out)
     return out
 
 
@@ -1348,19 +1351,6 @@ def knob_drift(store: Store, model: str, data: str, data_flags: str) -> dict:
 #: noise the narrow base is tuned against and wide models lack. muTransfer initialises the
 #: readout to zero (Yang et al. 2022, appendix D.2), which removes that term at every width.
 ZERO_READOUT = "--mup-readout-init-std 0"
-
-
-def zero_readout_tuned(store: Store, model: str, data: str, data_flags: str) -> dict:
-    """Phase 3h: mup-tune at WIDE_BASE with ZERO_READOUT (its multipliers chosen for a zero
-    readout, as muTransfer tunes them), then that muP LR-tuned at WIDE_BASE_WIDTHS."""
-    tune = tuned_mup(store, model, data, data_flags, WIDE_BASE, ZERO_READOUT)
-    param = f"muP tuned w{WIDE_BASE} zero readout retuned"
-    extra = merged_flags(f"{MODELS[model]} {MUP} {tune['flags']} {data_flags} {ZERO_READOUT}")
-    centre = 2.0 ** round(math.log2(tune["best_lr"]))
-    rows = {w: width_row(store, model, data, param, extra, centre, w) for w in WIDE_BASE_WIDTHS}
-    out = {**drift(param, extra, data, rows), "tune": tune}
-    write_phase(STORE / model / f"width-{data}-{ZERO_READOUT_TUNED_FILE}.json", out)
-    return out
 
 
 def zero_readout(store: Store, model: str, data: str) -> dict:
@@ -2077,7 +2067,7 @@ def run_phases(store: Store, args: argparse.Namespace) -> None:
         for data in args.width_data if "width-zero-readout" in args.phases else []:
             zero_readout(store, model, data)
         for data in args.width_data if "width-zero-readout-tuned" in args.phases else []:
-            zero_readout_tuned(store, model, data, text_flags() if data == "text" else "")
+            wide_base(store, model, data, text_flags() if data == "text" else "", ZERO_READOUT)
         if not {"cells", "proxy-tail", "wide-proxies", "wide-probe", "fit-choice",
                 "batch-rule", "tail-shape"} & set(args.phases):  # fmt: skip
             continue
